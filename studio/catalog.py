@@ -1,0 +1,159 @@
+"""The model catalogue: which models the studio knows, as data.
+
+Entries live in `studio/models.json`; a JSON file of the same form named by the
+STUDIO_MODELS environment variable adds more (e.g. your own students). A
+`source` is a hub id, or a local folder when it starts with `./`, `../` or `/`
+(relative paths are relative to the project root).
+
+This module also reads a model's architecture configs without its weights,
+which is all profiling and block removal planning need.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+DEFAULT_CATALOG = PACKAGE_DIR / "models.json"
+EXTRA_CATALOG_ENV = "STUDIO_MODELS"
+ROLES = ("teacher", "student")
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class CatalogError(ValueError):
+    """A catalogue file that is malformed."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str
+    role: str
+    family: str
+    teacher: str | None = None
+    arch: str | None = None
+    configs: str | None = None
+    description: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return self.source.startswith(("./", "../", "/"))
+
+    @property
+    def source_path(self) -> Path | None:
+        return (PROJECT_ROOT / self.source).resolve() if self.is_local else None
+
+    @property
+    def config_dir(self) -> Path | None:
+        """A folder in the pipeline layout holding this model's configs, if one is at hand."""
+        if self.configs:
+            return PACKAGE_DIR / self.configs
+        return self.source_path
+
+
+class Catalog:
+    def __init__(self, entries: list[ModelEntry]):
+        self._entries = {}
+        for entry in entries:
+            if entry.name in self._entries:
+                raise CatalogError(f"model name {entry.name!r} appears twice in the catalogue")
+            self._entries[entry.name] = entry
+        for entry in entries:
+            if entry.role == "student" and entry.teacher not in self._entries:
+                raise CatalogError(f"student {entry.name!r} names teacher {entry.teacher!r}, which is not in the catalogue")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries.values())
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {name!r}; the catalogue has: {', '.join(self._entries)}") from None
+
+    def teachers(self) -> list[ModelEntry]:
+        return [e for e in self if e.role == "teacher"]
+
+    def students_of(self, teacher: str) -> list[ModelEntry]:
+        return [e for e in self if e.role == "student" and e.teacher == teacher]
+
+
+def _entry_from_dict(data: dict, origin: Path) -> ModelEntry:
+    missing = [key for key in ("name", "source", "role", "family") if not data.get(key)]
+    if missing:
+        raise CatalogError(f"{origin}: entry {data.get('name', data)!r} lacks {', '.join(missing)}")
+    if data["role"] not in ROLES:
+        raise CatalogError(f"{origin}: {data['name']!r} has role {data['role']!r}; allowed: {', '.join(ROLES)}")
+    if data["role"] == "student" and not data.get("teacher"):
+        raise CatalogError(f"{origin}: student {data['name']!r} must name its teacher")
+    unknown = set(data) - set(ModelEntry.__dataclass_fields__)
+    if unknown:
+        raise CatalogError(f"{origin}: {data['name']!r} has unknown fields {sorted(unknown)}")
+    return ModelEntry(**data)
+
+
+def load_catalog(*extra_files: "str | Path") -> Catalog:
+    """The packaged catalogue, plus $STUDIO_MODELS and any `extra_files`."""
+    files = [DEFAULT_CATALOG]
+    if os.environ.get(EXTRA_CATALOG_ENV):
+        files.append(Path(os.environ[EXTRA_CATALOG_ENV]))
+    files.extend(Path(f) for f in extra_files)
+    entries = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CatalogError(f"can't read model catalogue {path}: {error}") from None
+        entries.extend(_entry_from_dict(item, path) for item in data.get("models", []))
+    return Catalog(entries)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_configs(ref: str, catalog: Catalog | None = None) -> dict:
+    """Architecture configs {"unet", "vae", "text_encoder"} of a model, without weights.
+
+    ref: a catalogue name, a pipeline folder (with unet/, vae/, ...) or a
+    U-Net folder (config.json). A hub student with no configs at hand gets its
+    U-Net config derived from its teacher's, which the tests check against the
+    published configs. Missing components are None.
+    """
+    catalog = catalog or load_catalog()
+    if ref in catalog:
+        entry = catalog.get(ref)
+        folder = entry.config_dir
+        if folder is None and entry.role == "student":
+            from studio.compression import student_config
+
+            configs = read_configs(entry.teacher, catalog)
+            configs["unet"] = student_config(configs["unet"], entry.arch)
+            return configs
+        if folder is None:
+            raise UnknownModelError(f"model {ref!r} ({entry.source}) has no configs in the project; give a local folder")
+    else:
+        folder = Path(ref)
+        if not folder.is_dir():
+            raise UnknownModelError(
+                f"{ref!r} is neither a catalogue model ({', '.join(catalog.names())}) nor a folder"
+            )
+    configs = {part: _read_json(folder / part / "config.json") for part in COMPONENTS}
+    if configs["unet"] is None:
+        configs["unet"] = _read_json(folder / "config.json")  # a bare U-Net folder
+    if configs["unet"] is None:
+        raise UnknownModelError(f"no U-Net config in {folder} (looked for unet/config.json and config.json)")
+    return configs

@@ -1,0 +1,121 @@
+"""Loading weights: ordinary `from_pretrained`, safetensors only.
+
+Hub ids and local folders in the hub layout go through the same code. A
+student loads only its U-Net and shares every other component (text encoder,
+tokenizer, VAE, scheduler: the same objects) with its teacher's pipeline.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+
+from studio.catalog import Catalog, ModelEntry, UnknownModelError, load_catalog
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model whose weights can't be had here."""
+
+
+def _how_to_provide(entry: ModelEntry | None, source: str) -> str:
+    hub_id = source if entry is None or not entry.is_local else None
+    lines = [
+        "To provide it: save the model in the hub layout to a local folder and pass that folder"
+        + (" (or set its catalogue `source` to the folder)" if entry else ""),
+    ]
+    if hub_id:
+        lines.append(
+            f"or download {hub_id} once where the hub is reachable and point HF_HOME at that cache "
+            "(set HF_HUB_OFFLINE=1 to stop looking online)"
+        )
+    return "; ".join(lines) + "."
+
+
+def _where_looked(entry: ModelEntry | None, source: str) -> str:
+    if _is_folder(entry, source):
+        return f"in the folder {source}"
+    offline = hub_constants.HF_HUB_OFFLINE
+    return (
+        f"as hub id {source} in the Hugging Face cache {hub_constants.HF_HUB_CACHE}"
+        + (" (HF_HUB_OFFLINE is set, so not online)" if offline else " and online")
+    )
+
+
+def _is_folder(entry: ModelEntry | None, source: str) -> bool:
+    return (entry is not None and entry.is_local) or os.path.isabs(source) or Path(source).exists()
+
+
+def _cause(entry: ModelEntry | None, source: str, error: Exception) -> str:
+    if _is_folder(entry, source):
+        if not Path(source).is_dir():
+            return "the folder does not exist"
+    elif try_to_load_from_cache(source, "model_index.json") is None and try_to_load_from_cache(
+        source, "unet/config.json"
+    ) is None:
+        return "it is not in the cache" + ("" if hub_constants.HF_HUB_OFFLINE else " and the hub could not be reached")
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
+def _unavailable(label: str, entry: ModelEntry | None, source: str, error: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Model {label} could not be loaded; looked {_where_looked(entry, source)}. "
+        f"Cause: {_cause(entry, source, error)}. {_how_to_provide(entry, source)}"
+    )
+
+
+def _resolve(ref: str, catalog: Catalog) -> tuple[ModelEntry | None, str]:
+    if ref in catalog:
+        entry = catalog.get(ref)
+        return entry, str(entry.source_path) if entry.is_local else entry.source
+    if Path(ref).is_dir():
+        return None, ref
+    raise UnknownModelError(f"{ref!r} is neither a catalogue model ({', '.join(catalog.names())}) nor a folder")
+
+
+def load_unet(ref: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+    """A U-Net from a catalogue name, a pipeline folder (unet/) or a U-Net folder."""
+    catalog = catalog or load_catalog()
+    entry, source = _resolve(ref, catalog)
+    bare_unet_folder = entry is None and (Path(source) / "config.json").is_file()
+    subfolder = None if bare_unet_folder else "unet"
+    try:
+        return UNet2DConditionModel.from_pretrained(
+            source, subfolder=subfolder, use_safetensors=True, torch_dtype=dtype
+        )
+    except (OSError, ValueError) as error:  # hub and file errors are OSErrors
+        raise _unavailable(repr(ref), entry, source, error) from error
+
+
+def load_pipeline(
+    ref: str,
+    catalog: Catalog | None = None,
+    dtype: torch.dtype | None = None,
+    teacher: StableDiffusionPipeline | None = None,
+) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline for a catalogue name or a pipeline folder.
+
+    A catalogue student gets its own U-Net and `teacher`'s other components
+    (loaded here when not given).
+    """
+    catalog = catalog or load_catalog()
+    entry, source = _resolve(ref, catalog)
+    if entry is not None and entry.role == "student":
+        teacher = teacher or load_pipeline(entry.teacher, catalog, dtype)
+        unet = load_unet(ref, catalog, dtype).to(teacher.device)
+        return share_components(teacher, unet)
+    try:
+        return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise _unavailable(repr(ref), entry, source, error) from error
+
+
+def share_components(teacher: StableDiffusionPipeline, unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """A pipeline that runs `unet` with the teacher's very own other components."""
+    components = {**teacher.components, "unet": unet}
+    return StableDiffusionPipeline(
+        **components, requires_safety_checker=teacher.config.get("requires_safety_checker", False)
+    )

@@ -1,0 +1,77 @@
+"""Shared fixtures: small models in the hub's pipeline layout, built here.
+
+Real checkpoints can't reach this machine, so tests exercise the ordinary
+`from_pretrained` code on local folders with the same layout and SD's stage
+structure at a tiny width.
+"""
+
+import json
+import os
+import string
+
+# Before anything imports huggingface_hub: tests never reach for the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import studio  # noqa: E402, F401  (torchvision compatibility first)
+
+# SD's stage structure (three cross-attention down stages, a plain one, a
+# cross-attention mid block, the mirrored up path, two layers per stage).
+TINY_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "block_out_channels": [16, 32, 32, 32],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "layers_per_block": 2,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 16,
+    "attention_head_dim": 4,
+    "sample_size": 16,
+}
+
+
+def write_tokenizer(folder) -> None:
+    """A character-level CLIP BPE tokenizer (no merges) in the hub's file layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = [c for c in string.ascii_lowercase] + [c + "</w>" for c in string.ascii_lowercase]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
+
+
+def build_tiny_pipeline(folder, seed: int = 0):
+    """Save a tiny, randomly initialised StableDiffusionPipeline to `folder`."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    write_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=16, projection_dim=16,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    ))
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=32,
+    )
+    unet = UNet2DConditionModel.from_config(TINY_UNET)
+    scheduler = PNDMScheduler(skip_prk_steps=True)
+    pipeline = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    build_tiny_pipeline(folder)
+    return folder
