@@ -66,7 +66,8 @@ def bench_unets(
         macs[name] = count_unet_macs(meta_unet(config), (latent, latent), batch, text_tokens).paper
         log(f"building {name} U-Net (random weights) on {device}, {dtype}")
         torch.manual_seed(0)
-        models[name] = UNet2DConditionModel.from_config(config).to(device=device, dtype=torch_dtype).eval()
+        model = UNet2DConditionModel.from_config(config).to(device)
+        models[name] = (model if torch_dtype == torch.float32 else model.to(torch_dtype)).eval()
 
     cross_dim = configs["unet"]["cross_attention_dim"]
     cross_dim = cross_dim[0] if isinstance(cross_dim, (list, tuple)) else cross_dim

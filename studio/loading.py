@@ -16,12 +16,15 @@ from huggingface_hub import try_to_load_from_cache
 from studio.catalog import Catalog, ModelEntry, UnknownModelError, load_catalog
 
 
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
 class ModelUnavailableError(RuntimeError):
     """A model whose weights can't be had here."""
 
 
 def _how_to_provide(entry: ModelEntry | None, source: str) -> str:
-    hub_id = source if entry is None or not entry.is_local else None
+    hub_id = None if _is_folder(entry, source) else source
     lines = [
         "To provide it: save the model in the hub layout to a local folder and pass that folder"
         + (" (or set its catalogue `source` to the folder)" if entry else ""),
@@ -50,8 +53,15 @@ def _is_folder(entry: ModelEntry | None, source: str) -> bool:
 
 def _cause(entry: ModelEntry | None, source: str, error: Exception) -> str:
     if _is_folder(entry, source):
-        if not Path(source).is_dir():
+        folder = Path(source)
+        if not folder.is_dir():
             return "the folder does not exist"
+        pickled = [p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+        if pickled and not any(folder.rglob("*.safetensors")):
+            return (
+                f"it holds only pickled weights ({', '.join(sorted(pickled))}); the studio loads safetensors only, "
+                "so convert them once where you trust the file (load, then save_pretrained(safe_serialization=True))"
+            )
     elif try_to_load_from_cache(source, "model_index.json") is None and try_to_load_from_cache(
         source, "unet/config.json"
     ) is None:

@@ -1,0 +1,1 @@
+"""The Gradio layer: components wired to plain functions of the library."""
