@@ -91,6 +91,37 @@ def cmd_bench(args) -> None:
         print(f"{row['arch']:24} {row['median_s']:>8.3f}s {row['speedup']:>8.2f}x {row['macs_ratio']:>17.2f}x")
 
 
+def cmd_toy_data(args) -> None:
+    from studio.toy.data import export_imagefolder
+
+    out = export_imagefolder(args.n, args.out, args.seed)
+    print(f"wrote {args.n} images and metadata.jsonl to {out}")
+
+
+def cmd_toy_train(args) -> None:
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+
+    config = ToyTrainConfig(out=args.out, seed=args.seed)
+    for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size"):
+        if getattr(args, field) is not None:
+            if getattr(args, field) < 1:
+                raise ValueError(f"--{field.replace('_', '-')} must be at least 1")
+            setattr(config, field, getattr(args, field))
+    train_toy_teacher(config)
+
+
+def cmd_toy_judge(args) -> None:
+    from studio.toy.evaluate import judge_model
+
+    report = judge_model(args.model, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{args.model}: {report['n']} images, {args.steps} steps, guidance {args.guidance}, seed {args.seed}")
+    for key in ("color", "shape", "background", "all"):
+        print(f"{key:>10} accuracy {report[key]:.1%}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     unet.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     unet.set_defaults(run=cmd_bench)
+    toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
+    toy_commands = toy.add_subparsers(dest="toy_command", required=True)
+    data = toy_commands.add_parser("data", help="export procedural shapes in the imagefolder layout")
+    data.add_argument("--n", type=int, required=True)
+    data.add_argument("--out", required=True)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(run=cmd_toy_data)
+    train = toy_commands.add_parser("train", help="train the toy teacher (VAE, text encoder, U-Net) from scratch")
+    train.add_argument("--out", default="assets/toy/teacher")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--vae-steps", type=int)
+    train.add_argument("--unet-steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--dataset-size", type=int)
+    train.set_defaults(run=cmd_toy_train)
+    judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
+    judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
+    judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
+    judge.add_argument("--steps", type=int, default=25)
+    judge.add_argument("--guidance", type=float, default=7.5)
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--json", action="store_true")
+    judge.set_defaults(run=cmd_toy_judge)
     return parser
 
 

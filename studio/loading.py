@@ -86,7 +86,7 @@ def _resolve(ref: str, catalog: Catalog) -> tuple[ModelEntry | None, str]:
     raise UnknownModelError(f"{ref!r} is neither a catalogue model ({', '.join(catalog.names())}) nor a folder")
 
 
-def load_unet(ref: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+def load_unet(ref: str, catalog: Catalog | None = None, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
     """A U-Net from a catalogue name, a pipeline folder (unet/) or a U-Net folder."""
     catalog = catalog or load_catalog()
     entry, source = _resolve(ref, catalog)
@@ -103,10 +103,12 @@ def load_unet(ref: str, catalog: Catalog | None = None, dtype: torch.dtype | Non
 def load_pipeline(
     ref: str,
     catalog: Catalog | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype = torch.float32,
     teacher: StableDiffusionPipeline | None = None,
 ) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline for a catalogue name or a pipeline folder.
+
+    Weights are cast to `dtype` (float32 by default, whatever they were stored in).
 
     A catalogue student gets its own U-Net and `teacher`'s other components
     (loaded here when not given).

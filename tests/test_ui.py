@@ -6,7 +6,7 @@ from studio.ui.design import design_table, spec_from_controls
 
 
 def test_design_table_lists_teacher_presets_and_the_custom_student():
-    rows, summary = design_table("sd-v1.4", "custom", "1,2,2,1", False, True, 512, load_catalog())
+    rows, summary = design_table("sd-v1.4", "custom", "1,2,2,1", False, True, 0, load_catalog())  # 0: native
     names = [row[0] for row in rows]
     assert names == ["teacher", "base", "small", "tiny", "custom:1,2,2,1:no-mid (yours)"]
     assert rows[2][1] == "482,346,884" and rows[0][2] == 1.0
@@ -27,7 +27,7 @@ def test_design_bad_input_names_what_is_allowed():
     rows, message = design_table("sd-v1.4", "small", "", True, True, 500, catalog)
     assert rows == [] and "multiple of 8" in message
     rows, message = design_table("bk-sdm-tiny", "small", "", True, True, 512, catalog)
-    assert rows == [] and "choose one of sd-v1.4, sd-v2.1-base" in message
+    assert rows == [] and "choose one of toy-teacher, sd-v1.4, sd-v2.1-base" in message
 
 
 def free_port() -> int:

@@ -17,9 +17,10 @@ def build_app(catalog: Catalog) -> gr.Blocks:
                     "and see what it costs.")
         with gr.Tab("Design a student"):
             with gr.Row():
-                teacher = gr.Dropdown(teachers, value=teachers[0], label="Teacher")
+                default = "sd-v1.4" if "sd-v1.4" in teachers else teachers[0]
+                teacher = gr.Dropdown(teachers, value=default, label="Teacher")
                 preset = gr.Radio(list(PRESET_CHOICES), value="small", label="Student")
-                resolution = gr.Number(value=512, precision=0, label="Resolution (px)")
+                resolution = gr.Number(value=0, precision=0, label="Resolution (px; 0 = the teacher's own)")
             with gr.Row():
                 layers = gr.Textbox(value="1", label="Custom: layers kept per down stage (one number, or one per stage)")
                 keep_mid = gr.Checkbox(value=False, label="Custom: keep mid block")

@@ -25,7 +25,7 @@ def design_table(teacher: str, preset: str, layers: str, keep_mid: bool, keep_in
     try:
         spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
         archs = tuple(dict.fromkeys(("base", "small", "tiny", str(spec))))
-        report = profile_students(teacher, archs, int(resolution) if resolution else None, 1, catalog)
+        report = profile_students(teacher, archs, int(resolution or 0) or None, 1, catalog)
     except (CompressionError, ValueError) as error:
         return [], f"**Error:** {error}"
     first = report["rows"][0]
