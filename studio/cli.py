@@ -122,6 +122,34 @@ def cmd_toy_judge(args) -> None:
         print(f"{key:>10} accuracy {report[key]:.1%}")
 
 
+def cmd_distill(args) -> None:
+    from studio.distillation.objective import KDWeights
+    from studio.distillation.train import DistillConfig, distill
+
+    config = DistillConfig(
+        teacher=args.teacher, arch=args.arch, data=args.data, out=args.out, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
+        teacher_dtype=args.teacher_dtype, ema_decay=args.ema, init=args.init,
+        weights=KDWeights(task=args.lambda_task, out=args.lambda_out, feat=args.lambda_feat),
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
+        validation_prompts=tuple(args.validation_prompt or ()),
+    )
+    out = distill(config)
+    print(f"student U-Net in {out / 'unet'}; metrics in {out / 'metrics.csv'}")
+
+
+def cmd_toy_students(args) -> None:
+    from studio.toy.students import distill_toy_students
+
+    distill_toy_students(args.steps, args.batch_size, args.lr, Path(args.work), tuple(args.arch))
+
+
+def cmd_toy_ablation(args) -> None:
+    from studio.toy.students import run_ablation
+
+    run_ablation(args.steps, args.batch_size, args.lr, Path(args.work), args.n, Path(args.report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     unet.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     unet.set_defaults(run=cmd_bench)
+    dist = commands.add_parser("distill", help="distill a block-removed student from its teacher (BK-SDM)")
+    dist.add_argument("--teacher", required=True, help="catalogue name or pipeline folder")
+    dist.add_argument("--arch", required=True, help="base, small, tiny or custom:LAYERS[:no-mid][:no-innermost]")
+    dist.add_argument("--data", required=True, help="imagefolder (metadata.jsonl) or 'toy'")
+    dist.add_argument("--out", required=True)
+    dist.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    dist.add_argument("--batch-size", type=int, default=8, help="per process")
+    dist.add_argument("--lr", type=float, default=5e-5)
+    dist.add_argument("--grad-accum", type=int, default=1)
+    dist.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    dist.add_argument("--teacher-dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    dist.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the student, e.g. 0.999")
+    dist.add_argument("--init", default="teacher", choices=["teacher", "random"])
+    dist.add_argument("--lambda-task", type=float, default=1.0)
+    dist.add_argument("--lambda-out", type=float, default=1.0)
+    dist.add_argument("--lambda-feat", type=float, default=1.0)
+    dist.add_argument("--checkpoint-every", type=int, default=500)
+    dist.add_argument("--log-every", type=int, default=10)
+    dist.add_argument("--seed", type=int, default=0)
+    dist.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    dist.add_argument("--validation-prompt", action="append", help="repeatable; images at every checkpoint")
+    dist.set_defaults(run=cmd_distill)
+
     toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
     data = toy_commands.add_parser("data", help="export procedural shapes in the imagefolder layout")
@@ -172,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
     train.set_defaults(run=cmd_toy_train)
+    def add_toy_distill_args(sub):
+        sub.add_argument("--steps", type=int, default=1500)
+        sub.add_argument("--batch-size", type=int, default=32)
+        sub.add_argument("--lr", type=float, default=3e-4, help="the toy models are small: higher than the paper's")
+        sub.add_argument("--work", default="runs/toy", help="where runs (checkpoints, logs) live")
+
+    students = toy_commands.add_parser("students", help="distill and ship toy-bk-{base,small,tiny}")
+    add_toy_distill_args(students)
+    students.add_argument("--arch", nargs="+", default=["base", "small", "tiny"])
+    students.set_defaults(run=cmd_toy_students)
+    ablation = toy_commands.add_parser("ablation", help="the paper's KD ablation on the toy world")
+    add_toy_distill_args(ablation)
+    ablation.add_argument("--n", type=int, default=90, help="judged images per model")
+    ablation.add_argument("--report", default="docs/toy-ablation.md")
+    ablation.set_defaults(run=cmd_toy_ablation)
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
     judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
     judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
@@ -185,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from studio.distillation.train import TrainingError
     from studio.loading import ModelUnavailableError
 
     try:
         args.run(args)
-    except (*USER_ERRORS, ModelUnavailableError) as error:
+    except (*USER_ERRORS, ModelUnavailableError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -150,13 +150,13 @@ class CompressionPlan:
         """The teacher parameter or module a student parameter or module copies."""
         match = _UP_LAYER.match(student_name)
         if match:
-            i, part, j, rest = int(match[1]), match[2], int(match[3]), match[4]
+            i, part, j, rest = int(match[1]), match[2], int(match[3]), match[4] or ""
             ti = i + self.up_offset
             tj = j if j < self.student_up_layers[i] - 1 else self.teacher_up_layers[ti] - 1
             return f"up_blocks.{ti}.{part}.{tj}{rest}"
         match = _UP_BLOCK.match(student_name)
         if match:
-            return f"up_blocks.{int(match[1]) + self.up_offset}{match[2]}"
+            return f"up_blocks.{int(match[1]) + self.up_offset}{match[2] or ''}"
         return student_name  # down stages keep their first layers, so names match
 
 

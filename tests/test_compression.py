@@ -93,6 +93,13 @@ def test_the_papers_layer_mapping(teacher_unet):
     assert tiny.mid_block is None and base.mid_block is not None
 
 
+def test_module_names_map_like_parameter_names():
+    plan = plan_student(TINY_UNET, "tiny")
+    assert plan.teacher_name("up_blocks.0") == "up_blocks.1"
+    assert plan.teacher_name("up_blocks.2.resnets.1") == "up_blocks.3.resnets.2"
+    assert plan.teacher_name("down_blocks.1.attentions.0") == "down_blocks.1.attentions.0"
+
+
 def test_presets_are_the_papers_removals():
     assert StudentSpec.parse("base") == StudentSpec(1, keep_mid=True, keep_innermost=True)
     assert StudentSpec.parse("small") == StudentSpec(1, keep_mid=False, keep_innermost=True)

@@ -1,7 +1,8 @@
-"""Prompt accuracy of a toy model, as the procedural judge sees it."""
+"""Prompt accuracy of toy models (by the procedural judge) and their fidelity to the teacher."""
 
 import itertools
 
+import numpy as np
 import torch
 
 from studio.catalog import Catalog
@@ -17,30 +18,51 @@ PROMPT_SET = [
 ]
 
 
+def prompt_set_images(pipeline, n: int = len(PROMPT_SET), steps: int = 25, guidance: float = 7.5, seed: int = 0,
+                      batch: int = 30) -> tuple[list, list]:
+    """(targets, images) for the first n prompts of the set (cycling), one seeded generator.
+
+    The same arguments give the same noise to every model, so images of a
+    teacher and its students correspond one to one.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    pipeline.set_progress_bar_config(disable=True)
+    targets = [PROMPT_SET[i % len(PROMPT_SET)] for i in range(n)]
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, n, batch):
+        chunk = targets[start:start + batch]
+        images += pipeline([caption(*t) for t in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                           generator=generator).images
+    return targets, images
+
+
+def judge_accuracy(targets, images) -> dict:
+    hits = {"color": 0, "shape": 0, "background": 0, "all": 0}
+    for (shape, color, background), image in zip(targets, images):
+        verdict = judge(image)
+        right = {"shape": verdict.shape == shape, "color": verdict.color == color,
+                 "background": verdict.background == background}
+        for key, ok in right.items():
+            hits[key] += ok
+        hits["all"] += all(right.values())
+    return {key: count / len(targets) for key, count in hits.items()}
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images, in dB (inf when identical)."""
+    error = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
 def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = 25, guidance: float = 7.5, seed: int = 0,
-                batch: int = 30, catalog: Catalog | None = None, pipeline=None) -> dict:
+                catalog: Catalog | None = None, pipeline=None) -> dict:
     """Generate n images for the fixed prompt set and score them with the judge.
 
     Returns accuracies in [0, 1] for "color", "shape", "background" and "all"
     (all three right), and "n".
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
     pipeline = pipeline or load_pipeline(ref, catalog)
-    pipeline.set_progress_bar_config(disable=True)
-    targets = [PROMPT_SET[i % len(PROMPT_SET)] for i in range(n)]
-    generator = torch.Generator().manual_seed(seed)
-    hits = {"color": 0, "shape": 0, "background": 0, "all": 0}
-    for start in range(0, n, batch):
-        chunk = targets[start:start + batch]
-        images = pipeline(
-            [caption(*t) for t in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-        ).images
-        for (shape, color, background), image in zip(chunk, images):
-            verdict = judge(image)
-            right = {"shape": verdict.shape == shape, "color": verdict.color == color,
-                     "background": verdict.background == background}
-            for key, ok in right.items():
-                hits[key] += ok
-            hits["all"] += all(right.values())
-    return {**{key: count / n for key, count in hits.items()}, "n": n, "steps": steps, "guidance": guidance, "seed": seed}
+    targets, images = prompt_set_images(pipeline, n, steps, guidance, seed)
+    return {**judge_accuracy(targets, images), "n": n, "steps": steps, "guidance": guidance, "seed": seed}

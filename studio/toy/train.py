@@ -32,6 +32,9 @@ class ToyTrainConfig:
     lr: float = 5e-4  # U-Net and text encoder, cosine-decayed to a tenth
     weight_decay: float = 1e-2
     caption_dropout: float = 0.1  # empty captions teach the unconditional branch for CFG
+    # v-prediction: with epsilon targets the text barely moves the loss at high noise, where colors
+    # and layout are decided; an epsilon teacher trained in this budget ignored its prompts.
+    prediction_type: str = "v_prediction"
     log_every: int = 25
 
 
@@ -94,7 +97,7 @@ def encode_dataset(vae, images, chunk: int = 512):
 def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log, generator) -> float:
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(**SCHEDULE)
+    scheduler = DDPMScheduler(**SCHEDULE, prediction_type=config.prediction_type)
     mean, std, scale = latents
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -115,7 +118,8 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = scheduler.add_noise(z, noise, timesteps)
         context = text_encoder(batch_ids)[0]
-        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+        target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -148,7 +152,8 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
         final_loss = train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log, generator)
     finally:
         log.close()
-    scheduler = PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+                              prediction_type=config.prediction_type)
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -1,7 +1,9 @@
-"""Student designer: handlers for the Design tab (plain functions, no Gradio)."""
+"""Event handlers of the app: plain functions, no Gradio, called directly by the tests."""
 
-from studio.catalog import Catalog
+from studio.catalog import Catalog, UnknownModelError
 from studio.compression import CompressionError, StudentSpec, resolve_spec
+from studio.generation import PipelineCache, generate
+from studio.loading import ModelUnavailableError
 from studio.profiling import profile_students
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")
@@ -42,3 +44,21 @@ def design_table(teacher: str, preset: str, layers: str, keep_mid: bool, keep_in
 
 def catalogue_rows(catalog: Catalog) -> list[list]:
     return [[e.name, e.role, e.family, e.teacher or "", e.arch or "", e.source, e.description] for e in catalog]
+
+
+def family_models(catalog: Catalog, family: str) -> list[str]:
+    """The teacher(s) of a family first, then their students."""
+    teachers = [e.name for e in catalog.teachers() if e.family == family]
+    return teachers + [s.name for t in teachers for s in catalog.students_of(t)]
+
+
+def generate_image(cache: PipelineCache, model: str, prompt: str, seed, steps, guidance):
+    """(image or None, readout markdown) for one model."""
+    try:
+        pipeline = cache.get(model)
+        result = generate(pipeline, prompt, int(seed), int(steps), float(guidance))
+    except (ValueError, UnknownModelError, ModelUnavailableError) as error:
+        return None, f"**Error:** {error}"
+    params = sum(p.numel() for p in pipeline.unet.parameters())
+    return result.image, (f"**{model}**: {result.seconds:.2f} s for {int(steps)} steps on {pipeline.device} "
+                          f"(model already loaded); U-Net {params:,} parameters")

@@ -1,0 +1,1 @@
+"""Knowledge distillation of block-removed students (BK-SDM pretraining)."""

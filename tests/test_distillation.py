@@ -1,0 +1,201 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from PIL import Image
+
+from conftest import TINY_UNET
+from studio.catalog import read_configs
+from studio.cli import main
+from studio.compression import build_student, plan_student
+from studio.distillation.data import DataError, ImageFolderData
+from studio.distillation.objective import KDWeights, capture_outputs, feature_pairs, kd_loss
+from studio.distillation.train import DistillConfig, TrainingError, distill
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_feature_pairs_follow_the_paper():
+    teacher = read_configs("sd-v1.4")["unet"]
+    base = feature_pairs(plan_student(teacher, "base"))
+    assert base == [(f"down_blocks.{i}", f"down_blocks.{i}") for i in range(4)] + \
+                   [(f"up_blocks.{i}", f"up_blocks.{i}") for i in range(4)]
+    assert feature_pairs(plan_student(teacher, "small")) == base
+    tiny = feature_pairs(plan_student(teacher, "tiny"))
+    assert tiny == [("down_blocks.0", "down_blocks.0"), ("down_blocks.1", "down_blocks.1"),
+                    ("down_blocks.2.attentions.0.proj_out", "down_blocks.2.attentions.1.proj_out"),
+                    ("up_blocks.0", "up_blocks.1"), ("up_blocks.1", "up_blocks.2"), ("up_blocks.2", "up_blocks.3")]
+
+
+@pytest.mark.parametrize("arch", ["base", "small", "tiny", "custom:2,1,1:no-innermost", "custom:1,2,1,2:no-mid"])
+def test_paired_features_have_matching_shapes(arch):
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel.from_config(TINY_UNET).eval()
+    student = build_student(teacher, arch)
+    pairs = feature_pairs(plan_student(teacher.config, arch))
+    args = (torch.randn(2, 4, 16, 16), torch.tensor([3, 500]))
+    context = torch.randn(2, 5, 16)
+    with torch.no_grad(), capture_outputs(teacher, [t for _, t in pairs]) as t_out, \
+            capture_outputs(student, [s for s, _ in pairs]) as s_out:
+        teacher(*args, encoder_hidden_states=context)
+        student(*args, encoder_hidden_states=context)
+    for s, t in pairs:
+        assert s_out[s].shape == t_out[t].shape, (s, t)
+
+
+def test_kd_loss_terms_and_weights():
+    a, b, c = torch.zeros(2, 3), torch.ones(2, 3), torch.full((2, 3), 3.0)
+    feats_s, feats_t = {"x": torch.zeros(4)}, {"y": torch.full((4,), 2.0)}
+    terms = kd_loss(a, b, c, feats_s, feats_t, [("x", "y")], KDWeights(task=1.0, out=2.0, feat=0.5))
+    assert terms["loss_task"].item() == 9.0 and terms["loss_out_kd"].item() == 1.0
+    assert terms["loss_feat_kd"].item() == 4.0 and terms["loss_total"].item() == 9.0 + 2.0 + 2.0
+
+
+def config(tiny_pipeline_dir, out, **changes) -> DistillConfig:
+    values = dict(teacher=str(tiny_pipeline_dir), arch="small", data="toy", out=str(out), steps=4, batch_size=2,
+                  lr=1e-3, checkpoint_every=2, log_every=1)
+    return DistillConfig(**{**values, **changes})
+
+
+def metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_short_run_writes_student_metrics_checkpoints_and_card(tiny_pipeline_dir, tmp_path):
+    out = distill(config(tiny_pipeline_dir, tmp_path / "run", validation_prompts=("a red circle",)), progress=False)
+    rows = metrics(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"}
+    assert all(float(r["loss_feat_kd"]) > 0 for r in rows)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    student = UNet2DConditionModel.from_pretrained(out / "unet")
+    assert student.config.mid_block_type is None
+    card = json.loads((out / "card.json").read_text())
+    assert card["arch"] == "small" and card["steps"] == 4 and "loss_total" in card["final_losses"]
+    assert Image.open(out / "validation" / "step-000004.png").size == (32, 64)  # teacher row, student row
+
+
+def test_resume_continues_exactly(tiny_pipeline_dir, tmp_path):
+    whole = distill(config(tiny_pipeline_dir, tmp_path / "whole"), progress=False)
+    part = tmp_path / "part"
+    distill(config(tiny_pipeline_dir, part, steps=2), progress=False)
+    distill(config(tiny_pipeline_dir, part, resume=True), progress=False)
+    assert [int(r["step"]) for r in metrics(part)] == [1, 2, 3, 4]
+    a = UNet2DConditionModel.from_pretrained(whole / "unet").state_dict()
+    b = UNet2DConditionModel.from_pretrained(part / "unet").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_run_killed_mid_training_resumes(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny",
+               "--data", "toy", "--out", str(out), "--steps", "200", "--batch-size", "2",
+               "--checkpoint-every", "3", "--log-every", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "step-000006").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / "checkpoints" / "step-000006").exists()
+    last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-??????"))
+    assert main(["distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny", "--data", "toy",
+                 "--out", str(out), "--steps", str(last + 2), "--batch-size", "2", "--checkpoint-every", "3",
+                 "--log-every", "1", "--resume"]) == 0
+    assert [int(r["step"]) for r in metrics(out)] == list(range(1, last + 3))
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import studio.distillation.train as train
+
+    real = train.kd_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms["loss_total"] = terms["loss_total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train, "kd_loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 2.*step-000002"):
+        distill(config(tiny_pipeline_dir, tmp_path / "nan"), progress=False)
+    assert (tmp_path / "nan" / "checkpoints" / "step-000002" / "student.safetensors").exists()
+
+
+def write_folder(folder: Path, rows: list, images: dict) -> Path:
+    folder.mkdir(parents=True)
+    for name, content in images.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            content.save(folder / name)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_data_problems_are_reported_before_training(tmp_path):
+    red = Image.new("RGB", (40, 30), (255, 0, 0))
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderData(tmp_path / "nowhere", 32)
+    (tmp_path / "nometa").mkdir()
+    with pytest.raises(DataError, match="no metadata.jsonl"):
+        ImageFolderData(tmp_path / "nometa", 32)
+    with pytest.raises(DataError, match="is empty"):
+        ImageFolderData(write_folder(tmp_path / "empty", [], {}), 32)
+    rows = [{"file_name": f"{i}.png", "text": ""} for i in range(3)]
+    with pytest.raises(DataError, match="3 of 3 rows .* empty caption"):
+        ImageFolderData(write_folder(tmp_path / "nocaps", rows, {f"{i}.png": red for i in range(3)}), 32)
+    rows = [{"file_name": f"{i}.png", "text": "red"} for i in range(3)]
+    with pytest.raises(DataError, match="not a readable image"):
+        ImageFolderData(write_folder(tmp_path / "junk", rows, {f"{i}.png": b"junk" for i in range(3)}), 32)
+
+
+def test_a_few_bad_rows_are_skipped_and_counted(tmp_path):
+    red = Image.new("RGB", (40, 30), (255, 0, 0))
+    rows = [{"file_name": f"{i}.png", "text": "a red thing"} for i in range(20)]
+    rows.append({"file_name": "../outside.png", "text": "escape"})
+    data = ImageFolderData(write_folder(tmp_path / "ok", rows, {f"{i}.png": red for i in range(20)}), 32)
+    assert len(data) == 20 and len(data.skipped) == 1 and "outside the data folder" in data.skipped[0]
+    import random
+
+    images, captions = data.batch(3, random.Random(0))
+    assert images.shape == (3, 3, 32, 32) and captions == ["a red thing"] * 3
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_bad_flags_get_clear_errors(tiny_pipeline_dir, tmp_path, capsys):
+    base = ["distill", "--teacher", str(tiny_pipeline_dir), "--data", "toy", "--out", str(tmp_path / "x")]
+    assert main(base + ["--arch", "huge"]) == 2
+    assert "allowed: base, small, tiny" in capsys.readouterr().err
+    assert main(base + ["--arch", "tiny", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert main(base + ["--arch", "tiny", "--lambda-feat", "-1"]) == 2
+    assert "loss weights must be >= 0" in capsys.readouterr().err
+    assert main(["distill", "--teacher", str(tiny_pipeline_dir), "--data", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "y"), "--arch", "tiny"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_two_processes_with_accelerate_launch(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "small", "--data", "toy",
+               "--out", str(out), "--steps", "3", "--batch-size", "2", "--checkpoint-every", "3", "--log-every", "1"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3]
+    assert UNet2DConditionModel.from_pretrained(out / "unet").config.layers_per_block == 1
