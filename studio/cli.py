@@ -241,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
     judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
     judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
-    judge.add_argument("--steps", type=int, default=25)
-    judge.add_argument("--guidance", type=float, default=7.5)
+    from studio.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    judge.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    judge.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="the toy world's default (see README)")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--json", action="store_true")
     judge.set_defaults(run=cmd_toy_judge)

@@ -10,6 +10,11 @@ from studio.loading import load_pipeline
 from studio.toy.data import COLORS, SHAPES, caption
 from studio.toy.judge import judge
 
+# The toy teacher's default sampling: 25 PNDM steps and low guidance. A small v-prediction model
+# over-saturates at SD's 7.5; the value was chosen by judging seed 1, and figures are reported on seed 0.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 1.5
+
 # Every (shape, color, background) once: 3 x 6 x 5 = 90 prompts, in a fixed order.
 PROMPT_SET = [
     (shape, color, background)
@@ -18,7 +23,8 @@ PROMPT_SET = [
 ]
 
 
-def prompt_set_images(pipeline, n: int = len(PROMPT_SET), steps: int = 25, guidance: float = 7.5, seed: int = 0,
+def prompt_set_images(pipeline, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS,
+                      guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                       batch: int = 30) -> tuple[list, list]:
     """(targets, images) for the first n prompts of the set (cycling), one seeded generator.
 
@@ -56,7 +62,8 @@ def psnr(a, b) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
-def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = 25, guidance: float = 7.5, seed: int = 0,
+def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                seed: int = 0,
                 catalog: Catalog | None = None, pipeline=None) -> dict:
     """Generate n images for the fixed prompt set and score them with the judge.
 

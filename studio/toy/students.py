@@ -18,6 +18,7 @@ import torch
 from studio.catalog import PROJECT_ROOT
 from studio.distillation.objective import KDWeights
 from studio.distillation.train import DistillConfig, distill
+from studio.toy.evaluate import DEFAULT_GUIDANCE
 
 ASSETS = PROJECT_ROOT / "assets" / "toy"
 VALIDATION_PROMPTS = (
@@ -44,9 +45,12 @@ def run_once(config: DistillConfig) -> Path:
     """Distill unless this exact run already finished in its folder."""
     out = Path(config.out)
     card = out / "card.json"
-    if card.exists() and json.loads(card.read_text())["steps"] == config.steps:
-        print(f"reusing finished run {out}")
-        return out
+    if card.exists():
+        done = json.loads(card.read_text())
+        same = {"steps": config.steps, "init": config.init, "weights": vars(config.weights), "data": config.data}
+        if all(done.get(key) == value for key, value in same.items()):
+            print(f"reusing finished run {out}")
+            return out
     return distill(replace(config, resume=(out / "metrics.csv").exists()))
 
 
@@ -103,7 +107,8 @@ def write_ablation_report(rows, teacher_accuracy, steps, batch_size, lr, n, repo
         "# KD ablation on the toy world",
         "",
         f"Student: BK-Small of `toy-teacher`; {steps} steps, batch {batch_size}, lr {lr}, seed 0, toy data; "
-        f"each model judged on the same {n} prompts and seeds (25 PNDM steps, guidance 7.5). "
+        f"each model judged on the same {n} prompts and seeds (the toy defaults: 25 PNDM steps, guidance "
+        f"{DEFAULT_GUIDANCE}). "
         "Fidelity is the mean PSNR of each student image against the teacher's image for the same prompt "
         "and seed. Produced by `python -m studio toy ablation`.",
         "",

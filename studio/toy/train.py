@@ -158,7 +158,11 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    # fp16 U-Net and VAE keep the files small, and diffusers loads them as fp32; transformers keeps a
+    # checkpoint's dtype, so the tiny text encoder stays fp32 for a plain from_pretrained to work.
+    unet.to(torch.float16)
+    vae.to(torch.float16)
+    pipeline.save_pretrained(out, safe_serialization=True)
     card = {
         "model": "toy-teacher", "data": "studio.toy.data procedural shapes, 32x32",
         "config": asdict(config), "vae_reconstruction_mse": vae_mse, "final_denoising_loss": final_loss,

@@ -4,6 +4,7 @@ import gradio as gr
 
 from studio.catalog import Catalog
 from studio.generation import MAX_GUIDANCE, MAX_STEPS, PipelineCache
+from studio.toy.evaluate import DEFAULT_GUIDANCE
 from studio.ui.handlers import (
     PRESET_CHOICES, TABLE_HEADERS, catalogue_rows, design_table, family_models, generate_image,
 )
@@ -34,7 +35,8 @@ def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu") -> gr.
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE if family == "toy" else 7.5, step=0.5,
+                                     label="Guidance")
             run = gr.Button("Generate", variant="primary")
             image = gr.Image(label="Image", type="pil", height=256)
             readout = gr.Markdown()
