@@ -86,3 +86,21 @@ def test_a_few_training_steps_write_a_loadable_pipeline(tmp_path):
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0] == "stage,step,loss,lr,seconds" and sum(r.startswith("teacher,") for r in log) == 3
     assert json.loads((out / "card.json").read_text())["config"]["unet_steps"] == 3
+
+
+def test_students_and_ablation_commands_run_end_to_end(tmp_path):
+    """Two steps each: the plumbing, not the quality (that is what the real runs report)."""
+    from diffusers import UNet2DConditionModel
+
+    from studio.toy.students import distill_toy_students, run_ablation
+
+    work = tmp_path / "runs"
+    distill_toy_students(2, 2, 3e-4, work, archs=("tiny",), dest_root=tmp_path / "ship")
+    shipped = tmp_path / "ship" / "bk-tiny"
+    assert UNet2DConditionModel.from_pretrained(shipped / "unet").dtype == torch.float32
+    assert {"card.json", "metrics.csv", "config.json", "validation.png"} <= {p.name for p in shipped.iterdir()}
+    rows = run_ablation(2, 2, 3e-4, work, n=3, report=tmp_path / "ablation.md")
+    assert [r["variant"] for r in rows][2] == "task + output KD + feature KD" and len(rows) == 4
+    assert rows[0]["weight_out"] == 0.0 and rows[3]["init"] == "random"
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.count("\n| ") == 7 and "PSNR to teacher" in table  # header, rule, teacher, 4 variants

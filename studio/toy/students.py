@@ -70,11 +70,11 @@ def export_student(run: Path, dest: Path) -> None:
 
 
 def distill_toy_students(steps: int, batch_size: int, lr: float, work: Path,
-                         archs=("base", "small", "tiny")) -> None:
+                         archs=("base", "small", "tiny"), dest_root: Path = ASSETS) -> None:
     for arch in archs:
         run = run_once(toy_config(arch, work, steps, batch_size, lr))
-        export_student(run, ASSETS / f"bk-{arch}")
-        print(f"shipped toy-bk-{arch} to {ASSETS / f'bk-{arch}'}")
+        export_student(run, dest_root / f"bk-{arch}")
+        print(f"shipped toy-bk-{arch} to {dest_root / f'bk-{arch}'}")
 
 
 def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, report: Path) -> list[dict]:
