@@ -61,4 +61,4 @@ def generate_image(cache: PipelineCache, model: str, prompt: str, seed, steps, g
         return None, f"**Error:** {error}"
     params = sum(p.numel() for p in pipeline.unet.parameters())
     return result.image, (f"**{model}**: {result.seconds:.2f} s for {int(steps)} steps on {pipeline.device} "
-                          f"(model already loaded); U-Net {params:,} parameters")
+                          f"(model loading not included); U-Net {params:,} parameters")
