@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 
 from studio.catalog import Catalog, load_catalog, read_configs
 from studio.compression import plan_student
-from studio.profiling import DEFAULT_TEXT_TOKENS, count_unet_macs, meta_unet, vae_scale_factor
+from studio.profiling import count_unet_macs, input_geometry, meta_unet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,12 +52,8 @@ def bench_unets(
     device = torch.device(device)
     torch_dtype = parse_dtype(dtype)
     configs = read_configs(teacher, catalog or load_catalog())
-    scale = vae_scale_factor(configs.get("vae"))
-    resolution = resolution or configs["unet"].get("sample_size", 64) * scale
-    if resolution % scale:
-        raise ValueError(f"resolution must be a multiple of {scale}, got {resolution}")
-    latent = resolution // scale
-    text_tokens = (configs.get("text_encoder") or {}).get("max_position_embeddings", DEFAULT_TEXT_TOKENS)
+    geometry = input_geometry(configs, resolution)
+    latent, text_tokens = geometry.latent, geometry.text_tokens
 
     names = ("teacher", *archs)
     models, macs = {}, {}
@@ -69,11 +65,9 @@ def bench_unets(
         model = UNet2DConditionModel.from_config(config).to(device)
         models[name] = (model if torch_dtype == torch.float32 else model.to(torch_dtype)).eval()
 
-    cross_dim = configs["unet"]["cross_attention_dim"]
-    cross_dim = cross_dim[0] if isinstance(cross_dim, (list, tuple)) else cross_dim
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(batch, configs["unet"].get("in_channels", 4), latent, latent, generator=generator)
-    context = torch.randn(batch, text_tokens, cross_dim, generator=generator)
+    context = torch.randn(batch, text_tokens, geometry.cross_dim, generator=generator)
     sample, context = sample.to(device, torch_dtype), context.to(device, torch_dtype)
     timestep = torch.tensor([500], device=device)
 
@@ -103,6 +97,6 @@ def bench_unets(
             "macs_ratio": macs["teacher"] / macs[name],
         })
     return {
-        "teacher": teacher, "resolution": resolution, "batch": batch, "device": str(device), "dtype": dtype,
+        "teacher": teacher, "resolution": geometry.resolution, "batch": batch, "device": str(device), "dtype": dtype,
         "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "rows": rows,
     }

@@ -48,6 +48,31 @@ def vae_scale_factor(vae_config: dict | None) -> int:
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
+def _first(value):
+    """Per-stage config values (lists) count by their first entry."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """What one U-Net step sees for a given image size: latent side, text length, context width."""
+
+    resolution: int
+    latent: int
+    text_tokens: int
+    cross_dim: int
+
+
+def input_geometry(configs: dict, resolution: int | None = None) -> InputGeometry:
+    """U-Net inputs for `resolution` pixels (default: the model's native size)."""
+    scale = vae_scale_factor(configs.get("vae"))
+    resolution = resolution or _first(configs["unet"].get("sample_size", 64)) * scale
+    if resolution % scale:
+        raise ValueError(f"resolution must be a multiple of {scale} (the VAE's downsampling), got {resolution}")
+    text_tokens = (configs.get("text_encoder") or {}).get("max_position_embeddings", DEFAULT_TEXT_TOKENS)
+    return InputGeometry(resolution, resolution // scale, text_tokens, _first(configs["unet"]["cross_attention_dim"]))
+
+
 def _conv_linear_macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
@@ -88,11 +113,8 @@ def count_unet_macs(
         elif isinstance(module, Attention):
             handles.append(module.register_forward_hook(on_attention, with_kwargs=True))
     try:
-        config = unet.config
-        cross_dim = config.cross_attention_dim
-        cross_dim = cross_dim[0] if isinstance(cross_dim, (list, tuple)) else cross_dim
-        sample = torch.zeros(batch, config.in_channels, *latent_size, device=device)
-        context = torch.zeros(batch, text_tokens, cross_dim, device=device)
+        sample = torch.zeros(batch, unet.config.in_channels, *latent_size, device=device)
+        context = torch.zeros(batch, text_tokens, _first(unet.config.cross_attention_dim), device=device)
         unet(sample, torch.tensor([1], device=device), encoder_hidden_states=context)
     finally:
         for handle in handles:
@@ -128,22 +150,15 @@ def profile_students(
     "macs_paper", "macs_total"}, ...]} with the teacher first.
     """
     configs = read_configs(teacher, catalog or load_catalog())
-    scale = vae_scale_factor(configs.get("vae"))
-    sample_size = configs["unet"].get("sample_size", 64)
-    sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
-    resolution = resolution or sample_size * scale
-    if resolution % scale:
-        raise ValueError(f"resolution must be a multiple of {scale} (the VAE's downsampling), got {resolution}")
-    text_tokens = (configs.get("text_encoder") or {}).get("max_position_embeddings", DEFAULT_TEXT_TOKENS)
-    latent = (resolution // scale, resolution // scale)
+    geometry = input_geometry(configs, resolution)
 
     rows = []
     for arch in ("teacher", *archs):
         config = configs["unet"] if arch == "teacher" else plan_student(configs["unet"], arch).student_config
         unet = meta_unet(config)
-        macs = count_unet_macs(unet, latent, batch, text_tokens)
+        macs = count_unet_macs(unet, (geometry.latent, geometry.latent), batch, geometry.text_tokens)
         rows.append({
             "arch": arch, "unet_params": count_params(unet),
             "macs_paper": macs.paper, "macs_total": macs.total,
         })
-    return {"resolution": resolution, "batch": batch, "components": component_params(configs), "rows": rows}
+    return {"resolution": geometry.resolution, "batch": batch, "components": component_params(configs), "rows": rows}

@@ -1,7 +1,8 @@
 """Train the toy world's teacher from scratch: VAE first, then text encoder and U-Net.
 
 Run with `python -m studio toy train`. The output is an ordinary
-StableDiffusionPipeline folder (safetensors, fp16) with the loss log and a card.
+StableDiffusionPipeline folder (safetensors; U-Net and VAE in fp16, the tiny text
+encoder in fp32) with the loss log and a card.
 """
 
 import csv
