@@ -17,8 +17,15 @@ def main() -> None:
     parser.add_argument("--family", default=env("STUDIO_FAMILY") or "toy",
                         help="model family to generate with (default: toy, the offline toy world)")
     parser.add_argument("--device", default=env("STUDIO_DEVICE") or "cpu")
+    parser.add_argument("--data-dir", default=env("STUDIO_DATA_DIR") or "studio-data",
+                        help="where training jobs and generated images live (default: ./studio-data)")
+    parser.add_argument("--queue-size", type=int, default=int(env("STUDIO_QUEUE_SIZE") or 16),
+                        help="requests waiting beyond this are turned away with a 'queue is full' message")
     args = parser.parse_args()
-    build_app(load_catalog(), args.family, args.device).queue(max_size=16).launch(server_name=args.host, server_port=args.port)
+    app = build_app(load_catalog(), args.family, args.device, args.data_dir)
+    # One model run at a time per device (the compare and img2img events share one concurrency slot).
+    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    app.launch(server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class Catalog:
         except KeyError:
             raise UnknownModelError(f"unknown model {name!r}; the catalogue has: {', '.join(self._entries)}") from None
 
+    def with_entries(self, extra: list[ModelEntry]) -> "Catalog":
+        """A new catalogue with `extra` entries added (names must be new)."""
+        return Catalog([*self, *extra])
+
     def teachers(self) -> list[ModelEntry]:
         return [e for e in self if e.role == "teacher"]
 
@@ -119,6 +123,21 @@ def load_catalog(*extra_files: "str | Path") -> Catalog:
             raise CatalogError(f"can't read model catalogue {path}: {error}") from None
         entries.extend(_entry_from_dict(item, path) for item in data.get("models", []))
     return Catalog(entries)
+
+
+def write_catalog(entries: list[ModelEntry], path: Path) -> Path:
+    """A catalogue file (the form $STUDIO_MODELS takes) holding `entries`."""
+    from dataclasses import asdict
+
+    items = [{k: v for k, v in asdict(e).items() if v not in (None, "")} for e in entries]
+    path.write_text(json.dumps({"models": items}, indent=2) + "\n")
+    return path
+
+
+def entries_beyond_packaged(catalog: Catalog) -> list[ModelEntry]:
+    """The entries a catalogue adds to the packaged one (from $STUDIO_MODELS, jobs, tests)."""
+    packaged = {item["name"] for item in json.loads(DEFAULT_CATALOG.read_text()).get("models", [])}
+    return [e for e in catalog if e.name not in packaged]
 
 
 def _read_json(path: Path) -> dict | None:

@@ -102,12 +102,55 @@ def cmd_toy_train(args) -> None:
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
 
     config = ToyTrainConfig(out=args.out, seed=args.seed)
-    for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size"):
+    for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size", "max_minutes"):
         if getattr(args, field) is not None:
-            if getattr(args, field) < 1:
-                raise ValueError(f"--{field.replace('_', '-')} must be at least 1")
+            if getattr(args, field) <= 0:
+                raise ValueError(f"--{field.replace('_', '-')} must be positive")
             setattr(config, field, getattr(args, field))
     train_toy_teacher(config)
+
+
+def cmd_dreambooth(args) -> None:
+    from studio.personalization.dreambooth import DreamBoothConfig, dreambooth
+
+    config = DreamBoothConfig(
+        model=args.model, photos=args.photos, instance_prompt=args.instance_prompt, class_prompt=args.class_prompt,
+        out=args.out, steps=args.steps, lora=not args.full, rank=args.rank, alpha=args.alpha,
+        train_text_encoder=args.train_text_encoder, lr=args.lr, prior_weight=args.prior_weight,
+        class_images=args.class_images, sample_steps=args.sample_steps, guidance=args.guidance,
+        gradient_checkpointing=not args.no_gradient_checkpointing, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, validation_prompts=tuple(args.validation_prompt or ()), seed=args.seed,
+        resume=args.resume,
+    )
+    out = dreambooth(config)
+    result = out / ("lora" if config.lora else "unet")
+    print(f"personalized weights in {result}; metrics in {out / 'metrics.csv'}; card in {out / 'card.json'}")
+
+
+def cmd_toy_dreambooth(args) -> None:
+    from studio.toy.personalize import toy_dreambooth_report
+
+    models = [m for m in args.models.split(",") if m]
+    toy_dreambooth_report(models, Path(args.work), args.steps, args.class_images, args.lr, args.n, Path(args.report))
+
+
+def cmd_evaluate(args) -> None:
+    from tqdm import tqdm
+
+    from studio.evaluation.protocol import EvalConfig, evaluate
+
+    config = EvalConfig(
+        models=[m for m in args.models.split(",") if m], out=args.out, prompts=args.prompts, n=args.n,
+        steps=args.steps, scheduler=args.scheduler, guidance=args.guidance, seed=args.seed,
+        resolution=args.resolution, metric_size=args.metric_size, clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained, clip_weights=args.clip_weights,
+        inception_weights=args.inception_weights, real=args.real, device=args.device,
+    )
+    bar = tqdm(total=config.n * len(config.models), desc="images", unit="image")
+    rows = evaluate(config, callback=lambda event: bar.update(1))
+    bar.close()
+    print((Path(args.out) / "results.md").read_text())
+    print(f"{len(rows)} models; results in {Path(args.out) / 'results.csv'}")
 
 
 def cmd_toy_judge(args) -> None:
@@ -132,7 +175,7 @@ def cmd_distill(args) -> None:
         teacher_dtype=args.teacher_dtype, ema_decay=args.ema, init=args.init,
         weights=KDWeights(task=args.lambda_task, out=args.lambda_out, feat=args.lambda_feat),
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
-        validation_prompts=tuple(args.validation_prompt or ()),
+        validation_prompts=tuple(args.validation_prompt or ()), validation_guidance=args.validation_guidance,
     )
     out = distill(config)
     print(f"student U-Net in {out / 'unet'}; metrics in {out / 'metrics.csv'}")
@@ -206,7 +249,54 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--seed", type=int, default=0)
     dist.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     dist.add_argument("--validation-prompt", action="append", help="repeatable; images at every checkpoint")
+    dist.add_argument("--validation-guidance", type=float, default=7.5)
     dist.set_defaults(run=cmd_distill)
+
+    ev = commands.add_parser("evaluate", help="CLIP score, FID, IS, fidelity and toy judge accuracy of models")
+    ev.add_argument("--models", required=True, help="catalogue names, comma-separated (e.g. toy-teacher,toy-bk-tiny)")
+    ev.add_argument("--prompts", help="BK-SDM metadata.csv or one prompt per line (default for toy models: "
+                                      "assets/toy/prompts.txt)")
+    ev.add_argument("--n", type=int, default=90, help="images per model (prompts cycle if fewer)")
+    ev.add_argument("--out", required=True)
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--scheduler", default="PNDM")
+    ev.add_argument("--guidance", type=float, help="default 7.5 (the paper's), 1.5 for toy models")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--resolution", type=int, help="default: each model's native size")
+    ev.add_argument("--metric-size", type=int, default=256, help="images are downsampled to this for the metrics")
+    ev.add_argument("--clip-model", default="ViT-g-14")
+    ev.add_argument("--clip-pretrained", default="laion2b_s34b_b88k")
+    ev.add_argument("--clip-weights", help="a local .safetensors file for the CLIP model")
+    ev.add_argument("--inception-weights", help="torch-fidelity's InceptionV3 weights as .safetensors (FID, IS)")
+    ev.add_argument("--real", help="a folder of real images, for FID")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(run=cmd_evaluate)
+
+    booth = commands.add_parser("dreambooth", help="personalize a teacher or student from a few photos")
+    booth.add_argument("--model", required=True, help="catalogue name or pipeline folder")
+    booth.add_argument("--photos", required=True, help="a folder of 1-50 photos (JPEG, PNG, WebP)")
+    booth.add_argument("--instance-prompt", required=True, help='with the identifier, e.g. "a sks dog"')
+    booth.add_argument("--class-prompt", required=True, help='e.g. "a dog"')
+    booth.add_argument("--out", required=True)
+    booth.add_argument("--steps", type=int, default=800)
+    mode = booth.add_mutually_exclusive_group()
+    mode.add_argument("--lora", action="store_true", default=True, help="LoRA through peft (the default)")
+    mode.add_argument("--full", action="store_true", help="finetune the whole U-Net instead")
+    booth.add_argument("--rank", type=int, default=16)
+    booth.add_argument("--alpha", type=float, default=27.0)
+    booth.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too (r16, a17)")
+    booth.add_argument("--lr", type=float, help="default 1e-4 (LoRA) or 1e-6 (full)")
+    booth.add_argument("--prior-weight", type=float, default=1.0)
+    booth.add_argument("--class-images", type=int, default=200, help="made by the model itself before training")
+    booth.add_argument("--sample-steps", type=int, default=25)
+    booth.add_argument("--guidance", type=float, default=7.5, help="for class and validation images")
+    booth.add_argument("--no-gradient-checkpointing", action="store_true")
+    booth.add_argument("--checkpoint-every", type=int, default=200)
+    booth.add_argument("--log-every", type=int, default=10)
+    booth.add_argument("--validation-prompt", action="append")
+    booth.add_argument("--seed", type=int, default=0)
+    booth.add_argument("--resume", action="store_true")
+    booth.set_defaults(run=cmd_dreambooth)
 
     toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
@@ -222,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet-steps", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
+    train.add_argument("--max-minutes", type=float, help="time budget (default 30); the U-Net stage stops early at it")
     train.set_defaults(run=cmd_toy_train)
     def add_toy_distill_args(sub):
-        sub.add_argument("--steps", type=int, default=1500)
+        sub.add_argument("--steps", type=int, default=400)
         sub.add_argument("--batch-size", type=int, default=32)
         sub.add_argument("--lr", type=float, default=3e-4, help="the toy models are small: higher than the paper's")
         sub.add_argument("--work", default="runs/toy", help="where runs (checkpoints, logs) live")
@@ -238,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--n", type=int, default=90, help="judged images per model")
     ablation.add_argument("--report", default="docs/toy-ablation.md")
     ablation.set_defaults(run=cmd_toy_ablation)
+    booth_toy = toy_commands.add_parser("dreambooth", help="DreamBooth proof: teach toy models a new color")
+    booth_toy.add_argument("--models", default="toy-teacher,toy-bk-small")
+    booth_toy.add_argument("--steps", type=int, default=400)
+    booth_toy.add_argument("--class-images", type=int, default=50)
+    booth_toy.add_argument("--lr", type=float, default=1e-3, help="LoRA on the tiny toy models needs more than 1e-4")
+    booth_toy.add_argument("--n", type=int, default=30, help="images judged per prompt")
+    booth_toy.add_argument("--work", default="runs/toy-dreambooth")
+    booth_toy.add_argument("--report", default="docs/toy-dreambooth.md")
+    booth_toy.set_defaults(run=cmd_toy_dreambooth)
+
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
     judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
     judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
@@ -255,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from studio.distillation.train import TrainingError
     from studio.loading import ModelUnavailableError
+    from studio.personalization.dreambooth import DreamBoothError
 
     try:
         args.run(args)
-    except (*USER_ERRORS, ModelUnavailableError, TrainingError) as error:
+    except (*USER_ERRORS, ModelUnavailableError, TrainingError, DreamBoothError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,18 +1,103 @@
-"""Text-to-image with catalogue models: lazy, cached pipelines and timed generation."""
+"""Text-to-image and img2img with catalogue models: cached pipelines, honest timings.
+
+`compare` runs several models on the same prompt, seed and scheduler, one after
+the other, and times each: the whole call, and every U-Net call on its own
+(device synchronized around it). Models are loaded and warmed up before the
+clock starts; loading time is reported separately.
+"""
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from statistics import median
+from typing import Callable
 
 import torch
-from diffusers import StableDiffusionPipeline
-from PIL import Image
+from diffusers import (
+    DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
+    StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
+)
+from PIL import Image, ImageOps
 
 from studio.bench import synchronize
 from studio.catalog import Catalog
 from studio.loading import load_pipeline
+from studio.profiling import count_unet_macs, meta_unet
 
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
+MAX_UPSCALE = 2  # largest resolution: twice the model's native size
+# Every scheduler is built from the model's own scheduler config (its betas and
+# prediction type). DDIM: PNDM configs carry clip_sample=True, which ruins v-prediction samples.
+SCHEDULERS = {
+    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
+    "DDIM": (DDIMScheduler, {"clip_sample": False}),
+    "DPM-Solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "Euler": (EulerDiscreteScheduler, {}),
+}
+
+
+def make_scheduler(name: str, config):
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(config, **overrides)
+
+
+def native_resolution(pipeline: StableDiffusionPipeline) -> int:
+    return pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str = "PNDM"
+    resolution: int | None = None  # None: each model's native size
+    strength: float = 0.75  # img2img only
+
+    def check(self, native: int | None = None) -> None:
+        """Raise ValueError naming what is wrong and what is allowed (the resolution once `native` is known)."""
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("the prompt is empty; describe the image to generate")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.resolution is not None:
+            if self.resolution % 8 or self.resolution < 8:
+                raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+            if native is not None and self.resolution > MAX_UPSCALE * native:
+                raise ValueError(f"resolution {self.resolution} is too large for this model (native {native}); "
+                                 f"the most is {MAX_UPSCALE * native}")
+
+
+@dataclass
+class Result:
+    model: str
+    image: Image.Image
+    seconds: float  # the whole pipeline call: text encoding, denoising, decoding
+    unet_seconds: list[float]  # every U-Net call (one per step; CFG runs both halves in one batch)
+    settings: Settings
+    resolution: int
+    unet_params: int
+    macs_paper: int  # one U-Net call at this resolution, batch 1, conv + linear
+    macs_total: int  # ... plus attention matrix products
+    load_seconds: float = 0.0  # 0 when the model was already loaded
+
+    @property
+    def unet_step_seconds(self) -> float:
+        return median(self.unet_seconds) if self.unet_seconds else float("nan")
+
+    def metadata(self) -> dict:
+        return {"model": self.model, **asdict(self.settings), "resolution": self.resolution,
+                "seconds": round(self.seconds, 4), "unet_step_seconds": round(self.unet_step_seconds, 5)}
 
 
 class PipelineCache:
@@ -23,6 +108,10 @@ class PipelineCache:
         self.device = torch.device(device)
         self.dtype = dtype
         self._pipelines: dict[str, StableDiffusionPipeline] = {}
+        self._macs: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def loaded(self, name: str) -> bool:
+        return name in self._pipelines
 
     def get(self, name: str) -> StableDiffusionPipeline:
         if name not in self._pipelines:
@@ -30,8 +119,118 @@ class PipelineCache:
             teacher = self.get(entry.teacher) if entry.role == "student" else None
             pipeline = load_pipeline(name, self.catalog, self.dtype, teacher=teacher).to(self.device)
             pipeline.set_progress_bar_config(disable=True)
+            _warm_up(pipeline)
             self._pipelines[name] = pipeline
         return self._pipelines[name]
+
+    def macs(self, name: str, resolution: int) -> tuple[int, int]:
+        """(conv + linear, with attention) MACs of one U-Net call, batch 1, counted on the meta device."""
+        key = (name, resolution)
+        if key not in self._macs:
+            pipeline = self.get(name)
+            latent = resolution // pipeline.vae_scale_factor
+            count = count_unet_macs(meta_unet(dict(pipeline.unet.config)), (latent, latent), 1,
+                                    pipeline.tokenizer.model_max_length)
+            self._macs[key] = (count.paper, count.total)
+        return self._macs[key]
+
+
+@torch.inference_mode()
+def _warm_up(pipeline: StableDiffusionPipeline) -> None:
+    """One tiny run, so first-call costs (allocations, kernel selection) stay out of the timings."""
+    pipeline("warm up", num_inference_steps=1, guidance_scale=1.0, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+    synchronize(pipeline.device)
+
+
+class _UNetTimer:
+    """Times every U-Net forward, synchronizing the device before and after it."""
+
+    def __init__(self, unet):
+        self.unet, self.seconds = unet, []
+
+    def __enter__(self):
+        device = self.unet.device
+
+        def before(*_):
+            synchronize(device)
+            self._start = time.perf_counter()
+
+        def after(*_):
+            synchronize(device)
+            self.seconds.append(time.perf_counter() - self._start)
+
+        self.handles = [self.unet.register_forward_pre_hook(before), self.unet.register_forward_hook(after)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def prepare_init_image(image: Image.Image, resolution: int) -> Image.Image:
+    """An upload as an RGB square of `resolution` pixels: EXIF orientation applied, center-cropped."""
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    return ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
+
+
+# callback(event) with event = {"model", "index", "models", "step", "steps"}: one hook for progress.
+Callback = Callable[[dict], None]
+
+
+@torch.inference_mode()
+def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: Image.Image | None = None,
+              callback: Callback | None = None, index: int = 0, models: int = 1) -> Result:
+    """One image from one model; img2img when `init_image` is given."""
+    was_loaded = cache.loaded(name)
+    start = time.perf_counter()
+    base = cache.get(name)
+    load_seconds = 0.0 if was_loaded else time.perf_counter() - start
+    native = native_resolution(base)
+    settings.check(native)
+    resolution = settings.resolution or native
+    # A fresh pipeline object over the cached components: its own scheduler, no weights copied.
+    components = {**base.components, "scheduler": make_scheduler(settings.scheduler, base.scheduler.config)}
+    pipeline_class = StableDiffusionImg2ImgPipeline if init_image is not None else StableDiffusionPipeline
+    pipeline = pipeline_class(**components, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def on_step_end(_pipe, step, _timestep, kwargs):
+        if callback:
+            callback({"model": name, "index": index, "models": models, "step": step + 1,
+                      "steps": _pipe.num_timesteps if init_image is not None else settings.steps})
+        return kwargs
+
+    arguments = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
+                     num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                     generator=torch.Generator().manual_seed(settings.seed),  # CPU noise: same on every device
+                     callback_on_step_end=on_step_end)
+    if init_image is not None:
+        arguments.update(image=prepare_init_image(init_image, resolution), strength=settings.strength)
+    else:
+        arguments.update(height=resolution, width=resolution)
+    with _UNetTimer(pipeline.unet) as timer:
+        synchronize(cache.device)
+        started = time.perf_counter()
+        image = pipeline(**arguments).images[0]
+        synchronize(cache.device)
+        seconds = time.perf_counter() - started
+    macs_paper, macs_total = cache.macs(name, resolution)
+    return Result(model=name, image=image, seconds=seconds, unet_seconds=timer.seconds, settings=settings,
+                  resolution=resolution, unet_params=sum(p.numel() for p in base.unet.parameters()),
+                  macs_paper=macs_paper, macs_total=macs_total, load_seconds=load_seconds)
+
+
+def compare(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
+            callback: Callback | None = None) -> list[Result]:
+    """The same prompt, seed and scheduler on every model, one after the other."""
+    if not models:
+        raise ValueError("no model chosen; pick at least one")
+    settings.check()  # before any model loads
+    unknown = [m for m in models if m not in cache.catalog]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; the catalogue has: {', '.join(cache.catalog.names())}")
+    return [run_model(cache, name, settings, init_image, callback, i, len(models)) for i, name in enumerate(models)]
 
 
 @dataclass(frozen=True)
@@ -40,24 +239,22 @@ class Generation:
     seconds: float
 
 
-def check_settings(prompt: str, steps: int, guidance: float) -> None:
-    if not prompt or not prompt.strip():
-        raise ValueError("the prompt is empty; describe the image to generate")
-    if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-    if not 0 <= guidance <= MAX_GUIDANCE:
-        raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance}")
-
-
-@torch.inference_mode()
 def generate(pipeline: StableDiffusionPipeline, prompt: str, seed: int, steps: int = 25, guidance: float = 7.5,
              negative_prompt: str | None = None) -> Generation:
-    """One image, seeded on the CPU so every device draws the same noise."""
-    check_settings(prompt, steps, guidance)
-    generator = torch.Generator().manual_seed(int(seed))
+    """One image from a pipeline at hand, seeded on the CPU so every device draws the same noise."""
+    settings = Settings(prompt, negative_prompt or "", int(seed), int(steps), float(guidance))
+    settings.check(native_resolution(pipeline))
     synchronize(pipeline.device)
     start = time.perf_counter()
-    image = pipeline(prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
-                     guidance_scale=float(guidance), generator=generator).images[0]
+    with torch.inference_mode():
+        image = pipeline(prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+                         guidance_scale=float(guidance), generator=torch.Generator().manual_seed(int(seed))).images[0]
     synchronize(pipeline.device)
     return Generation(image=image, seconds=time.perf_counter() - start)
+
+
+def speedups(results: list[Result], teacher: str | None) -> dict[str, tuple[float, float] | None]:
+    """Per model: (total latency, U-Net step) speed-up against the teacher, when the teacher ran too."""
+    reference = next((r for r in results if r.model == teacher), None)
+    return {r.model: None if reference is None else
+            (reference.seconds / r.seconds, reference.unet_step_seconds / r.unet_step_seconds) for r in results}

@@ -94,7 +94,7 @@ def load_unet(ref: str, catalog: Catalog | None = None, dtype: torch.dtype = tor
     subfolder = None if bare_unet_folder else "unet"
     try:
         return UNet2DConditionModel.from_pretrained(
-            source, subfolder=subfolder, use_safetensors=True, torch_dtype=dtype
+            source, subfolder=subfolder, use_safetensors=True, dtype=dtype
         )
     except (OSError, ValueError) as error:  # hub and file errors are OSErrors
         raise _unavailable(repr(ref), entry, source, error) from error
@@ -120,7 +120,7 @@ def load_pipeline(
         unet = load_unet(ref, catalog, dtype).to(teacher.device)
         return share_components(teacher, unet)
     try:
-        return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, torch_dtype=dtype)
+        return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError) as error:
         raise _unavailable(repr(ref), entry, source, error) from error
 

@@ -75,3 +75,23 @@ def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-teacher")
     build_tiny_pipeline(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory, tiny_pipeline_dir):
+    """The packaged catalogue plus a tiny teacher ("tiny-teacher") and its Small student ("tiny-small")."""
+    from diffusers import UNet2DConditionModel
+
+    from studio.catalog import load_catalog
+    from studio.compression import build_student
+
+    folder = tmp_path_factory.mktemp("tiny-catalog")
+    teacher_unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    build_student(teacher_unet, "small").save_pretrained(folder / "tiny-small" / "unet", safe_serialization=True)
+    entries = [
+        {"name": "tiny-teacher", "source": str(tiny_pipeline_dir), "role": "teacher", "family": "tiny"},
+        {"name": "tiny-small", "source": str(folder / "tiny-small"), "role": "student", "family": "tiny",
+         "teacher": "tiny-teacher", "arch": "small"},
+    ]
+    (folder / "models.json").write_text(json.dumps({"models": entries}))
+    return load_catalog(folder / "models.json")

@@ -76,7 +76,7 @@ def test_a_few_training_steps_write_a_loadable_pipeline(tmp_path):
 
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
 
-    out = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "t"), dataset_size=64, batch_size=4,
+    out = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "t"), dataset_size=64, batch_size=4, vae_batch_size=4,
                                            vae_steps=2, unet_steps=3, log_every=1))
     pipe = StableDiffusionPipeline.from_pretrained(out, use_safetensors=True, torch_dtype=torch.float32)
     image = pipe("a red circle on a blue background", num_inference_steps=2,
@@ -86,6 +86,19 @@ def test_a_few_training_steps_write_a_loadable_pipeline(tmp_path):
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0] == "stage,step,loss,lr,seconds" and sum(r.startswith("teacher,") for r in log) == 3
     assert json.loads((out / "card.json").read_text())["config"]["unet_steps"] == 3
+
+
+def test_the_time_budget_stops_the_unet_stage_early(tmp_path):
+    import json
+
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+
+    # A budget already spent once the VAE is trained: the U-Net stage stops at once and says so.
+    out = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "t"), dataset_size=64, batch_size=4, vae_batch_size=4,
+                                           vae_steps=2, unet_steps=50, log_every=1, max_minutes=0.4))
+    card = json.loads((out / "card.json").read_text())
+    assert card["unet_steps_done"] < 50
+    assert "teacher-stopped-at-budget" in (out / "train_log.csv").read_text()
 
 
 def test_students_and_ablation_commands_run_end_to_end(tmp_path):

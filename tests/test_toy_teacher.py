@@ -43,9 +43,24 @@ def test_papers_removals_apply_unchanged():
 
 
 def test_follows_its_prompts():
-    """At the default sampling settings. The issue asks 90% color and 80% shape; the shipped
-    teacher measures 100% color and 78.9% shape (squares drawn with rounded corners), so shape
-    is guarded at 75% until a better teacher lands. Chance is 17% color, 33% shape."""
+    """At the default sampling settings, the issue's bar: 90% color, 80% shape (chance: 17%, 33%).
+    The shipped teacher measures 100% color and 84.4% shape (seed 0)."""
     report = judge_model("toy-teacher")
     assert report["n"] == 90
-    assert report["color"] >= 0.90 and report["background"] >= 0.90 and report["shape"] >= 0.75, report
+    assert report["color"] >= 0.90 and report["background"] >= 0.90 and report["shape"] >= 0.80, report
+
+
+def test_the_judge_reads_the_teachers_vae_reconstructions():
+    """Labelled data through the shipped VAE: the judge must still read shapes (a guard on both)."""
+    from studio.toy.data import batch_tensors
+    from studio.toy.evaluate import judge_accuracy
+    from PIL import Image
+
+    vae = load_pipeline("toy-teacher").vae
+    images, captions = batch_tensors(range(50_000, 50_300), seed=0)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
+    pictures = [Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for x in decoded]
+    targets = [(c.split()[2], c.split()[1], c.split()[5]) for c in captions]
+    accuracy = judge_accuracy(targets, pictures)
+    assert accuracy["shape"] >= 0.95 and accuracy["color"] >= 0.98, accuracy

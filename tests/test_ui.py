@@ -3,9 +3,8 @@ import socket
 import pytest
 
 from studio.catalog import load_catalog
-from studio.generation import PipelineCache
 from studio.ui.app import build_app
-from studio.ui.handlers import design_table, family_models, generate_image, spec_from_controls
+from studio.ui.handlers import design_table, family_models, spec_from_controls
 
 
 def test_design_table_lists_teacher_presets_and_the_custom_student():
@@ -42,43 +41,74 @@ def test_family_models_put_the_teacher_first():
         build_app(catalog, family="v7")
 
 
-def test_generate_with_the_toy_teacher_and_bad_input():
-    cache = PipelineCache(load_catalog())
-    image, readout = generate_image(cache, "toy-teacher", "a red circle on a blue background", 1, 5, 7.5)
-    assert image.size == (32, 32) and "toy-teacher" in readout and "5 steps" in readout
-    assert cache.get("toy-teacher") is cache.get("toy-teacher")  # loaded once
-    for args, message in [
-        (("", 1, 5, 7.5), "prompt is empty"),
-        (("a red circle", 1, 0, 7.5), "steps must be between 1 and 100"),
-        (("a red circle", 1, 5, 99), "guidance must be between 0 and 20"),
-    ]:
-        image, readout = generate_image(cache, "toy-teacher", *args)
-        assert image is None and message in readout
-    image, readout = generate_image(cache, "sd-v1.4", "a cat", 1, 5, 7.5)
-    assert image is None and "not in the cache" in readout
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_app_serves_the_design_api():
+def gallery_path(item) -> str:
+    """The local file of a gallery item as gradio_client returns it ({"image": path or {"path": ...}})."""
+    image = item["image"]
+    return image if isinstance(image, str) else image["path"]
+
+
+@pytest.fixture
+def served_app(tiny_catalog, tmp_path):
+    """The app on the tiny family, served on a free port; yields (client, app, data dir)."""
     from gradio_client import Client
 
-    app = build_app(load_catalog())
+    app = build_app(tiny_catalog, family="tiny", data_dir=tmp_path / "data")
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    app.queue(max_size=4, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
+                                                               prevent_thread_lock=True)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        table, summary = client.predict("sd-v1.4", "base", "1", True, True, 512, api_name="/design")
-        assert [row[0] for row in table["data"]][:2] == ["teacher", "base (yours)"]
-        assert table["data"][1][1] == "579,384,964"
-        image_path, readout = client.predict("toy-teacher", "a green square on a yellow background", 3, 5, 7.5,
-                                             api_name="/generate")
-        from PIL import Image
-
-        assert Image.open(image_path).size == (32, 32) and "toy-teacher" in readout
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), port, tmp_path / "data"
     finally:
         app.close()
+
+
+def test_app_end_to_end_with_gradio_client(served_app, tmp_path):
+    from PIL import Image
+
+    client, _, data_dir = served_app
+    table, summary = client.predict("sd-v1.4", "base", "1", True, True, 512, api_name="/design")
+    assert [row[0] for row in table["data"]][:2] == ["teacher", "base (yours)"]
+    assert table["data"][1][1] == "579,384,964"
+
+    # Compare: two models, two images, one readout row each.
+    gallery, readout, history = client.predict(["tiny-teacher", "tiny-small"], "a cat", "", 3, 2, 2.0, "Euler", 0,
+                                               api_name="/compare")
+    assert len(gallery) == 2 and all(Image.open(gallery_path(item)).size == (32, 32) for item in gallery)
+    assert "| tiny-teacher |" in readout and "| tiny-small |" in readout and len(history) == 2
+    assert '"scheduler": "Euler"' in Image.open(gallery_path(gallery[1])).text["studio"]  # settings survive serving
+    gallery, readout, _ = client.predict([], "a cat", "", 3, 2, 2.0, "Euler", 0, api_name="/compare")
+    assert gallery == [] and "no model chosen" in readout
+
+    # img2img on an uploaded image.
+    from gradio_client import handle_file
+
+    source = tmp_path / "in.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(source)
+    gallery, readout, _ = client.predict(["tiny-small"], handle_file(str(source)), 0.5, "a cat", "", 1, 4, 2.0, "DDIM",
+                                         0, api_name="/img2img")
+    assert len(gallery) == 1 and "| tiny-small |" in readout
+
+    # Training: start a long job, see it run, cancel it.
+    message, job = client.predict("tiny-teacher", "tiny", "1", False, True, "toy", None, 100000, 1e-4, 1.0, 1.0, 1.0,
+                                  2, api_name="/train_start")
+    assert message.startswith("started job"), message
+    job_id = message.split()[2].rstrip(":")
+    import time
+
+    deadline = time.monotonic() + 240
+    while True:
+        rows, plot, text, validation = client.predict(job_id, api_name="/train_status")
+        if rows["data"] and rows["data"][0][3] > 0:
+            break
+        assert time.monotonic() < deadline and "running" in text, text
+        time.sleep(1)
+    assert "cancelling" in client.predict(job_id, api_name="/train_cancel")
+    from studio.jobs import JobManager
+
+    assert JobManager(data_dir / "jobs").wait(job_id, timeout=120) == "cancelled"

@@ -10,10 +10,7 @@ exactly what the uninterrupted run would have, and a checkpoint needs only the
 student, optimizer and scheduler states and the step count.
 """
 
-import csv
 import json
-import math
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +23,17 @@ from studio.compression import build_student, plan_student, resolve_spec
 from studio.distillation.data import open_data
 from studio.distillation.objective import KDWeights, capture_outputs, feature_pairs, kd_loss
 from studio.loading import load_pipeline
+from studio.runs import MetricsLog, StopOnSigterm, latest_checkpoint, step_generator
 
 METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"]
 
 
 class TrainingError(RuntimeError):
     """A run that had to stop; its last good checkpoint is kept."""
+
+
+class TrainingCancelled(TrainingError):
+    """SIGTERM (the studio's Cancel) stopped the run after a checkpoint of the current step."""
 
 
 @dataclass
@@ -57,6 +59,7 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     validation_prompts: tuple[str, ...] = ()
+    validation_guidance: float = 7.5
 
     def check(self) -> None:
         resolve_spec(self.arch)
@@ -73,40 +76,7 @@ class DistillConfig:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-def step_generator(seed: int, step: int, rank: int) -> tuple[random.Random, torch.Generator]:
-    mixed = (seed * 1_000_003 + step) * 1_009 + rank
-    return random.Random(mixed), torch.Generator().manual_seed(mixed)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
-class MetricsLog:
-    """metrics.csv, one row per logged step, flushed per row so a live plot can tail it."""
-
-    def __init__(self, path: Path, resume_step: int):
-        rows = []
-        if resume_step and path.exists():  # drop rows past the checkpoint: they will be redone
-            with open(path, newline="") as file:
-                rows = [r for r in csv.DictReader(file) if int(r["step"]) <= resume_step]
-        self.seconds_before = float(rows[-1]["seconds"]) if rows else 0.0  # seconds count across resumes
-        self.file = open(path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, METRICS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _validation_images(teacher_pipe, student_unet, prompts, path: Path, steps: int = 25) -> None:
+def _validation_images(teacher_pipe, student_unet, prompts, path: Path, guidance: float, steps: int = 25) -> None:
     from PIL import Image
 
     from studio.loading import share_components
@@ -115,7 +85,8 @@ def _validation_images(teacher_pipe, student_unet, prompts, path: Path, steps: i
     rows = []
     for pipe in (teacher_pipe, student_pipe):
         pipe.set_progress_bar_config(disable=True)
-        images = pipe(list(prompts), num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).images
+        images = pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance,
+                      generator=torch.Generator().manual_seed(0)).images
         rows.append(images)
     width, height = rows[0][0].size
     grid = Image.new("RGB", (width * len(prompts), height * 2))
@@ -174,19 +145,31 @@ def distill(config: DistillConfig, progress: bool = True) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**asdict(config), "feature_pairs": pairs}, indent=2) + "\n")
-    log = MetricsLog(out / "metrics.csv", start_step) if main else None
+    log = MetricsLog(out / "metrics.csv", start_step, METRICS) if main else None
     if main and data.skipped:
         print(f"skipping {len(data.skipped)} unusable data rows, e.g. {data.skipped[0]}")
     noise_scheduler = _training_scheduler(teacher)
     empty_ids = _tokenize(teacher.tokenizer, [""])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
                unit="step", disable=not (main and progress))
-    started, losses = time.perf_counter(), None
+    started = time.perf_counter()
     run = _Run(config, accelerator, teacher, teacher_dtype, student, optimizer, scheduler, data, pairs,
                noise_scheduler, empty_ids, out)
+    with StopOnSigterm(accelerator.num_processes == 1) as stop:
+        _loop(config, run, bar, log, started, ema, stop)
+    if main:
+        log.close()
+        _save_result(out, config, accelerator.unwrap_model(student), ema, run.losses, plan)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _loop(config, run, bar, log, started, ema, stop) -> None:
+    accelerator, student, scheduler, teacher, out = run.accelerator, run.student, run.scheduler, run.teacher, run.out
+    main = accelerator.is_main_process
     for step in bar:
         micro_losses = [run.micro_step(step * config.grad_accum + micro) for micro in range(config.grad_accum)]
-        losses = {k: sum(m[k] for m in micro_losses) / len(micro_losses) for k in micro_losses[0]}
+        run.losses = losses = {k: sum(m[k] for m in micro_losses) / len(micro_losses) for k in micro_losses[0]}
         if ema is not None:
             ema.step(accelerator.unwrap_model(student).parameters())
         done = step + 1
@@ -195,18 +178,19 @@ def distill(config: DistillConfig, progress: bool = True) -> Path:
             log.write({"step": done, **row, "lr": scheduler.get_last_lr()[0],
                        "seconds": round(log.seconds_before + time.perf_counter() - started, 2)})
             bar.set_postfix(loss=f"{row['loss_total']:.4f}")
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
             accelerator.wait_for_everyone()
             if main:
-                _save_checkpoint(out, done, accelerator.unwrap_model(student), optimizer, scheduler, ema)
+                _save_checkpoint(out, done, accelerator.unwrap_model(student), run.optimizer, scheduler, ema)
                 if config.validation_prompts:
                     _validation_images(teacher, accelerator.unwrap_model(student).to(torch.float32),
-                                       config.validation_prompts, out / "validation" / f"step-{done:06d}.png")
-    if main:
-        log.close()
-        _save_result(out, config, accelerator.unwrap_model(student), ema, losses, plan)
-    accelerator.wait_for_everyone()
-    return out
+                                       config.validation_prompts, out / "validation" / f"step-{done:06d}.png",
+                                       config.validation_guidance)
+        if stop.requested:
+            if main:
+                log.close()
+            raise TrainingCancelled(f"cancelled at step {done} of {config.steps}; checkpoint saved in "
+                                    f"{latest_checkpoint(out)}; continue with --resume")
 
 
 @dataclass
@@ -225,6 +209,7 @@ class _Run:
     noise_scheduler: object
     empty_ids: torch.Tensor
     out: Path
+    losses: dict | None = None
 
     def micro_step(self, index: int) -> dict[str, float]:
         config, accelerator, teacher, device = self.config, self.accelerator, self.teacher, self.accelerator.device

@@ -51,13 +51,13 @@ def sample_attributes(index: int, seed: int = 0) -> ShapeSample:
     return ShapeSample(shape, str(color), str(background), center, size)
 
 
-def render(sample: ShapeSample) -> Image.Image:
+def render(sample: ShapeSample, palette: dict = COLORS) -> Image.Image:
     scale = SUPERSAMPLE
-    image = Image.new("RGB", (SIZE * scale, SIZE * scale), COLORS[sample.background])
+    image = Image.new("RGB", (SIZE * scale, SIZE * scale), palette[sample.background])
     draw = ImageDraw.Draw(image)
     cx, cy, half = sample.center[0] * scale, sample.center[1] * scale, sample.size * scale / 2
     box = (cx - half, cy - half, cx + half, cy + half)
-    fill = COLORS[sample.color]
+    fill = palette[sample.color]
     if sample.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif sample.shape == "square":

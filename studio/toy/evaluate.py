@@ -2,7 +2,6 @@
 
 import itertools
 
-import numpy as np
 import torch
 
 from studio.catalog import Catalog
@@ -54,12 +53,6 @@ def judge_accuracy(targets, images) -> dict:
             hits[key] += ok
         hits["all"] += all(right.values())
     return {key: count / len(targets) for key, count in hits.items()}
-
-
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio of two 8-bit images, in dB (inf when identical)."""
-    error = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
 def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,

@@ -38,6 +38,7 @@ def toy_config(arch: str, work: Path, steps: int, batch_size: int, lr: float) ->
     return DistillConfig(
         teacher="toy-teacher", arch=arch, data="toy", out=str(work / arch), steps=steps, batch_size=batch_size,
         lr=lr, checkpoint_every=max(1, steps // 4), log_every=10, validation_prompts=VALIDATION_PROMPTS,
+        validation_guidance=DEFAULT_GUIDANCE,
     )
 
 
@@ -81,7 +82,8 @@ def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, rep
     from diffusers import UNet2DConditionModel
 
     from studio.loading import load_pipeline, share_components
-    from studio.toy.evaluate import judge_accuracy, prompt_set_images, psnr
+    from studio.evaluation.metrics import psnr
+    from studio.toy.evaluate import judge_accuracy, prompt_set_images
 
     teacher = load_pipeline("toy-teacher")
     _, teacher_images = prompt_set_images(teacher, n)

@@ -1,0 +1,286 @@
+"""Background jobs: a studio command in its own process, its whole state on disk.
+
+A job is a folder under the jobs root:
+    job.json    what to run (kind, argv, name, created) and what it makes
+    run/        the command's --out (checkpoints, metrics.csv, validation images, result)
+    data/       an uploaded dataset, when the job has one
+    log.txt     the command's stdout and stderr, across resumes
+    runner.json the runner's pid while it runs; exit.json when the command ended
+The runner (`python -m studio.jobs RUN JOB_DIR`) starts the command, waits for it
+and writes exit.json, so a job outlives the app (and a browser refresh), and an
+app restarted later reads every job's state from the folder alone.
+"""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, ModelEntry, entries_beyond_packaged, write_catalog
+
+STATES = ("running", "finished", "cancelled", "failed", "interrupted")
+MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
+MAX_ZIP_MEMBERS = 100_000
+
+
+class JobError(ValueError):
+    """A job request that can't be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    kind: str
+    name: str
+    state: str
+    step: int
+    steps: int
+    steps_per_second: float | None
+    losses: dict
+    created: float
+    message: str = ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """metrics.csv rows as numbers (empty when the run has not logged yet)."""
+    try:
+        with open(run / "metrics.csv", newline="") as file:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(file)]
+    except (OSError, ValueError):
+        return []
+
+
+def extract_dataset_zip(upload: Path, dest: Path) -> Path:
+    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe or oversized archives.
+
+    Returns the folder holding metadata.jsonl (the zip's root or its single top folder).
+    """
+    try:
+        archive = zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise JobError(f"the upload {Path(upload).name} is not a valid zip file ({error})") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise JobError(f"the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
+        total = sum(m.file_size for m in members)
+        if total > MAX_ZIP_BYTES:
+            raise JobError(f"the zip unpacks to {total / 1e9:.1f} GB; the most allowed is {MAX_ZIP_BYTES / 1e9:.1f} GB")
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        for member in members:
+            target = (dest / member.filename).resolve()
+            if not target.is_relative_to(root) or member.filename.startswith("/"):
+                raise JobError(f"the zip entry {member.filename!r} points outside the archive; refused")
+        archive.extractall(dest)
+    candidates = [dest] + [p for p in dest.iterdir() if p.is_dir()]
+    for folder in candidates:
+        if (folder / "metadata.jsonl").is_file():
+            return folder
+    raise JobError("the zip has no metadata.jsonl (at its root or in one top folder); the imagefolder layout needs "
+                   "one line per image with file_name and text")
+
+
+class JobManager:
+    """Start, list, cancel and resume jobs under one folder."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._children: dict[str, subprocess.Popen] = {}  # runners this process started, reaped on poll
+
+    def folder(self, job_id: str) -> Path:
+        folder = (self.root / job_id).resolve()
+        if folder.parent != self.root or not (folder / "job.json").is_file():
+            raise JobError(f"no job {job_id!r}; jobs: {', '.join(self.ids()) or 'none yet'}")
+        return folder
+
+    def ids(self, kind: str | None = None) -> list[str]:
+        """Job ids, newest first; only those of `kind` ("distill", "dreambooth") when given."""
+        specs = [(p.name, _read_json(p / "job.json")) for p in self.root.iterdir() if (p / "job.json").is_file()]
+        specs = [(name, spec) for name, spec in specs if spec and (kind is None or spec.get("kind") == kind)]
+        return [name for name, spec in sorted(specs, key=lambda item: item[1].get("created", 0), reverse=True)]
+
+    def create(self, kind: str, name: str, argv_after_out: list[str], total_steps: int, extra: dict | None = None,
+               prepare=None, catalog: Catalog | None = None) -> str:
+        """A new job folder; `prepare(folder)` may fill it (e.g. unpack data) and return extra argv.
+
+        The command sees the models of `catalog` beyond the packaged ones (the
+        job's catalog.json, as $STUDIO_MODELS). If preparing fails, the new
+        folder is removed and nothing else is touched.
+        """
+        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = self.root / job_id
+        folder.mkdir()
+        try:
+            more = prepare(folder) if prepare else []
+            write_catalog(entries_beyond_packaged(catalog) if catalog else [], folder / "catalog.json")
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        argv = [sys.executable, "-m", "studio", *argv_after_out, *more, "--out", str(folder / "run")]
+        spec = {"id": job_id, "kind": kind, "name": name, "argv": argv, "steps": total_steps,
+                "created": time.time(), **(extra or {})}
+        (folder / "job.json").write_text(json.dumps(spec, indent=2) + "\n")
+        self._launch(folder)
+        return job_id
+
+    def _launch(self, folder: Path) -> None:
+        (folder / "exit.json").unlink(missing_ok=True)
+        env = {**os.environ, EXTRA_CATALOG_ENV: str(folder / "catalog.json"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "studio.jobs", "RUN", str(folder)], cwd=PROJECT_ROOT, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: cancel signals runner and command together
+        )
+        self._children[folder.name] = runner
+        (folder / "runner.json").write_text(json.dumps({"pid": runner.pid, "started": time.time()}) + "\n")
+
+    def spec(self, job_id: str) -> dict:
+        return json.loads((self.folder(job_id) / "job.json").read_text())
+
+    def run_folder(self, job_id: str) -> Path:
+        return self.folder(job_id) / "run"
+
+    def state(self, job_id: str) -> tuple[str, str]:
+        """(state, message) from the folder alone."""
+        folder = self.folder(job_id)
+        child = self._children.get(job_id)
+        if child is not None:
+            child.poll()  # reap, so a finished runner is not a zombie
+        ended = _read_json(folder / "exit.json")
+        if ended is not None:
+            if ended.get("cancelled"):
+                return "cancelled", "cancelled; its checkpoints and logs are kept, and it can be resumed"
+            if ended.get("returncode") == 0:
+                return "finished", ""
+            return "failed", self._last_error(folder)
+        runner = _read_json(folder / "runner.json") or {}
+        if runner.get("pid") and _alive(runner["pid"]):
+            return "running", ""
+        return "interrupted", "the job's process is gone (machine or app restart?); it can be resumed"
+
+    @staticmethod
+    def _last_error(folder: Path) -> str:
+        try:
+            lines = [line for line in (folder / "log.txt").read_text().splitlines() if line.strip()]
+        except OSError:
+            return "failed"
+        errors = [line for line in lines if "Error" in line or "error:" in line]
+        return (errors or lines or ["failed"])[-1][:500]
+
+    def status(self, job_id: str) -> JobStatus:
+        spec = self.spec(job_id)
+        state, message = self.state(job_id)
+        rows = read_metrics(self.run_folder(job_id))
+        last = rows[-1] if rows else {}
+        speed = None
+        if len(rows) >= 2 and rows[-1]["seconds"] > rows[0]["seconds"]:
+            speed = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+        losses = {k: v for k, v in last.items() if k.startswith("loss")}
+        return JobStatus(id=job_id, kind=spec["kind"], name=spec["name"], state=state, step=int(last.get("step", 0)),
+                         steps=spec["steps"], steps_per_second=speed, losses=losses, created=spec["created"],
+                         message=message)
+
+    def statuses(self) -> list[JobStatus]:
+        return [self.status(job_id) for job_id in self.ids()]
+
+    def cancel(self, job_id: str) -> str:
+        state, _ = self.state(job_id)
+        if state != "running":
+            raise JobError(f"job {job_id} is {state}, not running; nothing to cancel")
+        pid = _read_json(self.folder(job_id) / "runner.json")["pid"]
+        os.killpg(pid, signal.SIGTERM)  # the trainer checkpoints the current step, then stops
+        return f"cancelling {job_id}: it saves a checkpoint of the current step, then stops"
+
+    def resume(self, job_id: str) -> str:
+        state, _ = self.state(job_id)
+        if state not in ("cancelled", "failed", "interrupted"):
+            raise JobError(f"job {job_id} is {state}; only cancelled, failed or interrupted jobs resume")
+        folder = self.folder(job_id)
+        spec = self.spec(job_id)
+        if "--resume" not in spec["argv"]:  # the runner runs what job.json says
+            spec["argv"].append("--resume")
+            (folder / "job.json").write_text(json.dumps(spec, indent=2) + "\n")
+        self._launch(folder)
+        return f"resumed {job_id}"
+
+    def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> str:
+        """Block until the job is no longer running (tests and scripts); returns the state."""
+        deadline = time.monotonic() + timeout
+        while (state := self.state(job_id)[0]) == "running" and time.monotonic() < deadline:
+            time.sleep(poll)
+        return state
+
+    def finished_students(self) -> list[ModelEntry]:
+        """Students made by finished distillation jobs, as catalogue entries named job-<id>."""
+        entries = []
+        for job_id in self.ids():
+            spec = self.spec(job_id)
+            if spec["kind"] == "distill" and self.state(job_id)[0] == "finished":
+                entries.append(ModelEntry(
+                    name=f"job-{job_id}", source=str(self.run_folder(job_id)), role="student",
+                    family=spec.get("family", ""), teacher=spec.get("teacher"), arch=spec.get("arch"),
+                    description=f"distilled in the studio: {spec['name']}",
+                ))
+        return entries
+
+
+def _run(folder: Path) -> int:
+    """The runner: start the job's command, forward a cancel, record how it ended."""
+    spec = json.loads((folder / "job.json").read_text())
+    cancelled = False
+
+    def on_term(signum, frame):  # the command, in our process group, got the same signal
+        nonlocal cancelled
+        cancelled = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with open(folder / "log.txt", "a") as log:
+        log.write(f"\n$ {' '.join(spec['argv'])}\n")
+        log.flush()
+        process = subprocess.Popen(spec["argv"], stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        while True:
+            try:
+                returncode = process.wait()
+                break
+            except InterruptedError:
+                continue
+    (folder / "exit.json").write_text(json.dumps({"returncode": returncode, "cancelled": cancelled,
+                                                  "ended": time.time()}) + "\n")
+    return returncode
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "RUN":
+        sys.exit("usage: python -m studio.jobs RUN JOB_DIR")
+    sys.exit(_run(Path(sys.argv[2])))

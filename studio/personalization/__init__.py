@@ -1,0 +1,1 @@
+"""Personalization: DreamBooth (LoRA through peft, or full finetuning) from a few photos."""

@@ -1,0 +1,114 @@
+"""Compare and img2img: the library functions and the handlers the app wires to them."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.generation import SCHEDULERS, PipelineCache, Settings, compare
+from studio.history import History, read_settings
+from studio.toy.data import make_example
+from studio.toy.judge import judge
+from studio.evaluation.metrics import psnr
+from studio.ui.handlers import compare_view, img2img_view
+
+
+@pytest.mark.parametrize("settings, message", [
+    (Settings(""), "prompt is empty"),
+    (Settings("a cat", steps=0), "steps must be between 1 and 100"),
+    (Settings("a cat", guidance=21), "guidance must be between 0 and 20"),
+    (Settings("a cat", scheduler="LMS"), "choose one of PNDM, DDIM, DPM-Solver++, Euler"),
+    (Settings("a cat", resolution=30), "positive multiple of 8"),
+    (Settings("a cat", resolution=72), "the most is 64"),
+    (Settings("a cat", strength=0), "strength must be in (0, 1]"),
+])
+def test_bad_settings_name_what_is_allowed(settings, message):
+    with pytest.raises(ValueError) as error:
+        settings.check(native=32)
+    assert message in str(error.value)
+
+
+def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
+    cache = PipelineCache(tiny_catalog)
+    history = History(tmp_path / "history")
+    events = []
+    items, readout = compare_view(cache, history, ["tiny-teacher", "tiny-small"], "a cat", "", 7, 3, 2.0, "DDIM",
+                                  0, callback=events.append)
+    assert len(items) == 2 and "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
+    teacher_row = next(line for line in readout.splitlines() if line.startswith("| tiny-teacher"))
+    assert "1.00x, 1.00x" in teacher_row  # its own speed-up
+    student_row = next(line for line in readout.splitlines() if line.startswith("| tiny-small"))
+    assert "x, " in student_row and "teacher not run" not in student_row
+    # Progress events: every step of every model, in order.
+    assert [(e["model"], e["step"]) for e in events] == [(m, s) for m in ("tiny-teacher", "tiny-small") for s in (1, 2, 3)]
+    # Each PNG carries its settings; the history lists both.
+    settings = read_settings(items[1][0])
+    assert settings["model"] == "tiny-small" and settings["seed"] == 7 and settings["scheduler"] == "DDIM"
+    assert settings["steps"] == 3 and settings["prompt"] == "a cat" and settings["resolution"] == 32
+    assert "Sampler: DDIM" in Image.open(items[1][0]).text["parameters"]
+    assert {path for path, _ in history.recent()} == {path for path, _ in items}
+    # Cached: the second run reports no loading and reuses the pipelines.
+    first = cache.get("tiny-teacher")
+    results = compare(cache, ["tiny-teacher"], Settings("a cat", seed=7, steps=3, guidance=2.0, scheduler="DDIM"))
+    assert cache.get("tiny-teacher") is first and results[0].load_seconds == 0
+    # Same seed, same model, same settings: the same image.
+    assert np.array_equal(np.asarray(results[0].image), np.asarray(Image.open(items[0][0])))
+    # A student shares its teacher's text encoder and VAE.
+    assert cache.get("tiny-small").text_encoder is first.text_encoder and cache.get("tiny-small").vae is first.vae
+
+
+def test_resolution_changes_the_image_and_the_macs(tiny_catalog, tmp_path):
+    cache = PipelineCache(tiny_catalog)
+    native = compare(cache, ["tiny-teacher"], Settings("a cat", steps=2, scheduler="DDIM"))[0]
+    larger = compare(cache, ["tiny-teacher"], Settings("a cat", steps=2, resolution=48))[0]
+    assert native.image.size == (32, 32) and larger.image.size == (48, 48)
+    assert larger.macs_paper > native.macs_paper and larger.macs_total > larger.macs_paper
+    assert len(native.unet_seconds) == 2 and native.unet_step_seconds > 0  # DDIM: one U-Net call per step
+
+
+def test_compare_bad_input_returns_a_message(tiny_catalog, tmp_path):
+    cache, history = PipelineCache(tiny_catalog), History(tmp_path / "history")
+    for models, prompt, resolution, message in [
+        ([], "a cat", 0, "no model chosen"),
+        (["tiny-teacher"], " ", 0, "prompt is empty"),
+        (["tiny-teacher"], "a cat", 36, "multiple of 8"),
+        (["nope"], "a cat", 0, "unknown model"),
+    ]:
+        items, readout = compare_view(cache, history, models, prompt, "", 0, 2, 1.0, "PNDM", resolution)
+        assert items == [] and readout.startswith("**Error:**") and message in readout
+    assert history.recent() == []
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_scheduler_draws_what_the_toy_prompt_asks(scheduler):
+    from studio.catalog import load_catalog
+
+    cache = PipelineCache(load_catalog())
+    result = compare(cache, ["toy-teacher"], Settings("a red circle on a blue background", seed=0, steps=20,
+                                                      guidance=1.5, scheduler=scheduler))[0]
+    verdict = judge(result.image)
+    assert (verdict.color, verdict.background) == ("red", "blue"), (scheduler, verdict)
+
+
+def test_img2img_keeps_the_input_at_low_strength(tmp_path):
+    from studio.catalog import load_catalog
+
+    cache, history = PipelineCache(load_catalog()), History(tmp_path / "history")
+    source = make_example(3, seed=5)[0]
+    path = tmp_path / "input.png"
+    source.save(path)
+    items, readout = img2img_view(cache, history, ["toy-teacher"], str(path), 0.3, source_caption(3), "", 0, 20, 1.5,
+                                  "DDIM", 0)
+    assert len(items) == 1, readout
+    image = Image.open(items[0][0])
+    assert image.size == source.size and psnr(image, source) > 15
+    assert read_settings(items[0][0])["mode"] == "img2img"
+    # Not an image: a message, and nothing written.
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    before = len(history.recent())
+    items, readout = img2img_view(cache, history, ["toy-teacher"], str(junk), 0.3, "a cat", "", 0, 5, 1.5, "DDIM", 0)
+    assert items == [] and "not a readable image" in readout and len(history.recent()) == before
+
+
+def source_caption(index: int) -> str:
+    return make_example(index, seed=5)[1]

@@ -1,0 +1,103 @@
+"""Background training jobs: start, live status, cancel (with a checkpoint), resume, finish."""
+
+import json
+import zipfile
+
+import pytest
+
+from studio.jobs import JobError, JobManager, extract_dataset_zip
+from studio.ui.handlers import train_cancel, train_resume, train_start, train_status, with_job_students
+
+
+def start(jobs, catalog, **overrides):
+    values = dict(teacher="tiny-teacher", preset="small", layers="1", keep_mid=False, keep_innermost=True,
+                  data_source="toy", upload=None, steps=4, lr=1e-4, lambda_task=1.0, lambda_out=1.0,
+                  lambda_feat=1.0, batch_size=2)
+    values.update(overrides)
+    return train_start(jobs, catalog, *values.values())
+
+
+def test_bad_training_requests_are_refused_and_touch_nothing(tiny_catalog, tmp_path):
+    jobs = JobManager(tmp_path / "jobs")
+    for overrides, message in [
+        ({"teacher": "nope"}, "unknown model"),
+        ({"teacher": "tiny-small"}, "is a student"),
+        ({"steps": 0}, "steps must be above 0"),
+        ({"lr": -1}, "learning rate must be above 0"),
+        ({"lambda_task": 0, "lambda_out": 0, "lambda_feat": 0}, "not all 0"),
+        ({"preset": "custom", "layers": "9"}, "layers"),
+        ({"data_source": "upload"}, "no dataset uploaded"),
+        ({"teacher": "sd-v1.4"}, "toy data is 32x32; the teacher asks for 512"),
+    ]:
+        job_id, text = start(jobs, tiny_catalog, **overrides)
+        assert job_id is None and text.startswith("**Error:**") and message in text, (overrides, text)
+    # Uploads: not a zip, a zip without metadata, a zip of junk images.
+    not_zip = tmp_path / "data.zip"
+    not_zip.write_text("hello")
+    no_meta = tmp_path / "nometa.zip"
+    with zipfile.ZipFile(no_meta, "w") as archive:
+        archive.writestr("a.png", b"x")
+    junk = tmp_path / "junk.zip"
+    with zipfile.ZipFile(junk, "w") as archive:
+        archive.writestr("metadata.jsonl", "\n".join(json.dumps({"file_name": f"{i}.png", "text": "a"}) for i in range(3)))
+        for i in range(3):
+            archive.writestr(f"{i}.png", b"junk")
+    for upload, message in [(not_zip, "not a valid zip"), (no_meta, "no metadata.jsonl"), (junk, "can't be trained on")]:
+        job_id, text = start(jobs, tiny_catalog, data_source="upload", upload=str(upload))
+        assert job_id is None and message in text, text
+    assert jobs.ids() == []  # no half-made job folders left behind
+
+
+def test_zip_entries_outside_the_archive_are_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../escape.txt", "x")
+    with pytest.raises(JobError, match="outside the archive"):
+        extract_dataset_zip(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_catalog, tmp_path):
+    jobs = JobManager(tmp_path / "jobs")
+    job_id, text = start(jobs, tiny_catalog, steps=4)
+    assert job_id and "started" in text
+    assert jobs.wait(job_id, timeout=240) == "finished", (tmp_path / "jobs" / job_id / "log.txt").read_text()
+    rows, curves, status, validation = train_status(jobs, job_id)
+    assert rows[0][:5] == [job_id, "small from tiny-teacher, 4 steps", "finished", 4, 4]
+    assert {c["term"] for c in curves} == {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"}
+    assert "finished" in status and f"job-{job_id}" in status
+    # A fresh manager (an app restart) reads the same state from disk.
+    assert JobManager(tmp_path / "jobs").status(job_id).state == "finished"
+    catalog = with_job_students(tiny_catalog, jobs)
+    entry = catalog.get(f"job-{job_id}")
+    assert entry.teacher == "tiny-teacher" and entry.arch == "small"
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
+    import time
+
+    jobs = JobManager(tmp_path / "jobs")
+    job_id, _ = start(jobs, tiny_catalog, steps=100_000)
+    run = jobs.run_folder(job_id)
+    deadline = time.monotonic() + 240
+    while not (run / "metrics.csv").exists() or len((run / "metrics.csv").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and jobs.state(job_id)[0] == "running", jobs.state(job_id)
+        time.sleep(0.2)
+    assert "cancelling" in train_cancel(jobs, job_id)
+    assert jobs.wait(job_id, timeout=120) == "cancelled"
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert checkpoints, "a cancelled run keeps a checkpoint of where it stopped"
+    stopped_at = int(checkpoints[-1].name.split("-")[1])
+    assert stopped_at >= 10 and (run / "metrics.csv").exists()
+    assert "not running" in train_cancel(jobs, job_id)
+    # Resume continues from the checkpoint; cancel again, and the log has no duplicated steps.
+    assert train_resume(jobs, job_id).startswith("resumed")
+    deadline = time.monotonic() + 240
+    while jobs.status(job_id).step <= stopped_at:
+        assert time.monotonic() < deadline and jobs.state(job_id)[0] == "running", jobs.state(job_id)
+        time.sleep(0.2)
+    train_cancel(jobs, job_id)
+    assert jobs.wait(job_id, timeout=120) == "cancelled"
+    steps = [int(float(line.split(",")[0])) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] > stopped_at
+    assert "$ " in (tmp_path / "jobs" / job_id / "log.txt").read_text()
