@@ -175,4 +175,7 @@ def read_configs(ref: str, catalog: Catalog | None = None) -> dict:
         configs["unet"] = _read_json(folder / "config.json")  # a bare U-Net folder
     if configs["unet"] is None:
         raise UnknownModelError(f"no U-Net config in {folder} (looked for unet/config.json and config.json)")
+    if ref in catalog and catalog.get(ref).role == "student":  # a student folder holds only its U-Net
+        teacher = read_configs(catalog.get(ref).teacher, catalog)
+        configs.update({part: configs[part] or teacher[part] for part in ("vae", "text_encoder")})
     return configs

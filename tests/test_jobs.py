@@ -101,3 +101,51 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
     steps = [int(float(line.split(",")[0])) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] > stopped_at
     assert "$ " in (tmp_path / "jobs" / job_id / "log.txt").read_text()
+
+
+def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_path):
+    from PIL import Image
+
+    from studio.ui.evaluate import evaluate_start, evaluate_status
+    from studio.ui.personalize import dreambooth_results, dreambooth_start
+
+    jobs = JobManager(tmp_path / "jobs")
+    photos = []
+    for i in range(2):
+        photos.append(tmp_path / f"upload-{i}.jpg")
+        Image.new("RGB", (40, 40), (250, 140, 20 * i)).save(photos[-1])
+    ids, message = dreambooth_start(jobs, tiny_catalog, [str(p) for p in photos], "sks", "cat",
+                                    ["tiny-teacher", "tiny-small"], 3, class_images=1)
+    assert len(ids) == 2, message
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    eval_id, message = evaluate_start(jobs, tiny_catalog, ["tiny-teacher", "tiny-small"], str(prompts), 2,
+                                      ["--steps", "2"])
+    assert eval_id, message
+    for job_id in ids + [eval_id]:
+        assert jobs.wait(job_id, timeout=300) == "finished", (tmp_path / "jobs" / job_id / "log.txt").read_text()
+    # The uploads were copied into each job under names the studio chose.
+    assert sorted(p.name for p in (jobs.folder(ids[0]) / "photos").iterdir()) == ["photo-00.png", "photo-01.png"]
+    items, readout = dreambooth_results(jobs, tiny_catalog, ids, "a sks cat", 0, 2, 2.0)
+    assert len(items) == 2 and "| tiny-small |" in readout and "MB" in readout
+    text, plot = evaluate_status(jobs, eval_id)
+    assert "finished, 4 of 4 images" in text and "| tiny-small |" in text and plot is not None
+
+
+def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
+    from PIL import Image
+
+    from studio.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(photos / "a.png")
+    config = DreamBoothConfig(model=str(tiny_pipeline_dir), photos=str(photos), instance_prompt="a sks cat",
+                              class_prompt="a cat", out=str(tmp_path / "out"), steps=2, class_images=1,
+                              sample_steps=2, train_text_encoder=True, lr=1e-2)
+    out = dreambooth(config, progress=False)
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    load_personalized(str(tiny_pipeline_dir), out)  # loads both parts
