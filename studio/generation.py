@@ -233,26 +233,6 @@ def compare(cache: PipelineCache, models: list[str], settings: Settings, init_im
     return [run_model(cache, name, settings, init_image, callback, i, len(models)) for i, name in enumerate(models)]
 
 
-@dataclass(frozen=True)
-class Generation:
-    image: Image.Image
-    seconds: float
-
-
-def generate(pipeline: StableDiffusionPipeline, prompt: str, seed: int, steps: int = 25, guidance: float = 7.5,
-             negative_prompt: str | None = None) -> Generation:
-    """One image from a pipeline at hand, seeded on the CPU so every device draws the same noise."""
-    settings = Settings(prompt, negative_prompt or "", int(seed), int(steps), float(guidance))
-    settings.check(native_resolution(pipeline))
-    synchronize(pipeline.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        image = pipeline(prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
-                         guidance_scale=float(guidance), generator=torch.Generator().manual_seed(int(seed))).images[0]
-    synchronize(pipeline.device)
-    return Generation(image=image, seconds=time.perf_counter() - start)
-
-
 def speedups(results: list[Result], teacher: str | None) -> dict[str, tuple[float, float] | None]:
     """Per model: (total latency, U-Net step) speed-up against the teacher, when the teacher ran too."""
     reference = next((r for r in results if r.model == teacher), None)

@@ -3,12 +3,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from studio.cli import main
-from studio.toy.data import COLORS, SHAPES, export_imagefolder, make_example, sample_attributes
+from studio.toy.data import COLORS, SHAPES, make_example, sample_attributes
 from studio.toy.judge import judge
 from studio.toy.world import WORDS, tokenizer_files
 
