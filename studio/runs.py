@@ -5,12 +5,15 @@ the same way, and the app's live plot reads either.
 """
 
 import csv
+import json
 import random
+import shutil
 import signal
 import threading
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> tuple[random.Random, torch.Generator]:
@@ -23,6 +26,24 @@ def step_generator(seed: int, step: int, rank: int = 0) -> tuple[random.Random, 
 def latest_checkpoint(out: Path) -> Path | None:
     checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(out: Path, step: int, tensors: dict[str, dict], states: dict[str, dict]) -> Path:
+    """checkpoints/step-NNNNNN with safetensors files (`tensors`), optimizer-like states (`states`,
+    torch.save, read back with weights_only=True) and state.json; written beside and renamed into place,
+    so a kill mid-write never leaves a broken "latest"."""
+    final = out / "checkpoints" / f"step-{step:06d}"
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, tensor_dict in tensors.items():
+        save_file({k: v.detach().contiguous() for k, v in tensor_dict.items()}, partial / name)
+    for name, state in states.items():
+        torch.save(state, partial / name)
+    (partial / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final
 
 
 class MetricsLog:

@@ -22,7 +22,8 @@ class DataError(ValueError):
     """A data source that can't be trained on."""
 
 
-def _to_tensor(image: Image.Image, resolution: int, flip: bool) -> torch.Tensor:
+def image_to_tensor(image: Image.Image, resolution: int, flip: bool) -> torch.Tensor:
+    """RGB, resized and center-cropped to a square, optionally flipped, in [-1, 1] (C, H, W)."""
     image = image.convert("RGB")
     scale = resolution / min(image.size)
     if scale != 1:
@@ -84,7 +85,7 @@ class ImageFolderData:
 
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         rows = [self.rows[rng.randrange(len(self.rows))] for _ in range(size)]
-        images = [_to_tensor(Image.open(r["path"]), self.resolution, rng.random() < 0.5) for r in rows]
+        images = [image_to_tensor(Image.open(r["path"]), self.resolution, rng.random() < 0.5) for r in rows]
         return torch.stack(images), [r["text"] for r in rows]
 
 

@@ -11,19 +11,18 @@ student, optimizer and scheduler states and the step count.
 """
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from studio.compression import build_student, plan_student, resolve_spec
 from studio.distillation.data import open_data
 from studio.distillation.objective import KDWeights, capture_outputs, feature_pairs, kd_loss
 from studio.loading import load_pipeline
-from studio.runs import MetricsLog, StopOnSigterm, latest_checkpoint, step_generator
+from studio.runs import MetricsLog, StopOnSigterm, latest_checkpoint, save_checkpoint, step_generator
 
 METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"]
 
@@ -261,18 +260,10 @@ def _tokenize(tokenizer, texts):
 
 
 def _save_checkpoint(out: Path, step: int, student, optimizer, scheduler, ema) -> None:
-    final = out / "checkpoints" / f"step-{step:06d}"
-    partial = final.with_name(final.name + ".partial")  # a kill mid-write never leaves a broken "latest"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, partial / "student.safetensors")
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+    tensors = {"student.safetensors": student.state_dict()}
     if ema is not None:
-        save_file({f"{i}": p.contiguous() for i, p in enumerate(ema.shadow_params)}, partial / "ema.safetensors")
-    (partial / "state.json").write_text(json.dumps({"step": step, "rng": "derived from seed, step and process"}))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+        tensors["ema.safetensors"] = {f"{i}": p for i, p in enumerate(ema.shadow_params)}
+    save_checkpoint(out, step, tensors, {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict()})
 
 
 def _save_result(out: Path, config: DistillConfig, student, ema, losses, plan) -> None:

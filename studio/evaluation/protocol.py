@@ -101,16 +101,14 @@ def _native(cache, model) -> int:
 
 
 def _judge_accuracy(images, prompts) -> float | None:
-    from studio.toy.judge import judge
+    """All-three-right accuracy for toy captions; None when a prompt is not a toy caption."""
+    from studio.toy.evaluate import judge_accuracy
 
-    targets = [TOY_CAPTION.match(p) for p in prompts]
-    if not all(targets):
+    matches = [TOY_CAPTION.match(p) for p in prompts]
+    if not all(matches):
         return None
-    right = 0
-    for image, match in zip(images, targets):
-        verdict = judge(image)
-        right += (verdict.color, verdict.shape, verdict.background) == match.groups()
-    return right / len(images)
+    targets = [(m.group(2), m.group(1), m.group(3)) for m in matches]  # (shape, color, background)
+    return judge_accuracy(targets, images)["all"]
 
 
 def evaluate(config: EvalConfig, catalog: Catalog | None = None, callback=None) -> list[dict]:

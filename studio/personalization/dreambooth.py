@@ -15,7 +15,6 @@ time and peak memory.
 
 import json
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from studio.distillation.data import image_to_tensor
 from studio.loading import load_pipeline
 from studio.personalization.photos import import_photos
-from studio.runs import MetricsLog, StopOnSigterm, latest_checkpoint, step_generator
+from studio.runs import MetricsLog, StopOnSigterm, latest_checkpoint, save_checkpoint, step_generator
 
 METRICS = ["step", "loss_total", "loss_instance", "loss_prior", "lr", "seconds"]
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif")
@@ -110,14 +110,9 @@ def make_class_images(pipeline, prompt: str, n: int, folder: Path, steps: int, g
     return paths
 
 
-def _to_tensor(path: Path, flip: bool) -> torch.Tensor:
-    import numpy as np
-
+def _to_tensor(path: Path, resolution: int, flip: bool) -> torch.Tensor:
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+        return image_to_tensor(image, resolution, flip)
 
 
 def _add_lora(pipeline, config: DreamBoothConfig) -> None:
@@ -193,7 +188,7 @@ def dreambooth(config: DreamBoothConfig, progress: bool = True) -> Path:
             paths = [instance[rng.randrange(len(instance))]]
             if class_paths:
                 paths.append(class_paths[rng.randrange(len(class_paths))])
-            images = torch.stack([_to_tensor(p, rng.random() < 0.5) for p in paths]).to(device)
+            images = torch.stack([_to_tensor(p, resolution, rng.random() < 0.5) for p in paths]).to(device)
             with torch.no_grad():
                 latents = pipeline.vae.encode(images).latent_dist.sample(generator) * pipeline.vae.config.scaling_factor
             context = pipeline.text_encoder(ids[:len(paths)].to(device))[0]
@@ -221,7 +216,7 @@ def dreambooth(config: DreamBoothConfig, progress: bool = True) -> Path:
                            "seconds": round(log.seconds_before + time.perf_counter() - loop_start, 2)})
                 bar.set_postfix(loss=f"{losses['loss_total']:.4f}")
             if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
-                _save_checkpoint(out, done, trainable, optimizer)
+                save_checkpoint(out, done, {"trainable.safetensors": trainable}, {"optimizer.pt": optimizer.state_dict()})
                 if config.validation_prompts:
                     _validation_images(pipeline, config, out / "validation" / f"step-{done:06d}.png")
             if stop.requested:
@@ -245,18 +240,6 @@ def _validation_images(pipeline, config: DreamBoothConfig, path: Path) -> None:
         grid.paste(image, (i * width, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-
-
-def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer) -> None:
-    final = out / "checkpoints" / f"step-{step:06d}"
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: p.detach().contiguous() for k, p in trainable.items()}, partial / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    (partial / "state.json").write_text(json.dumps({"step": step}))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
 
 
 def _save_result(pipeline, config: DreamBoothConfig, out: Path, losses: dict, seconds: float) -> None:

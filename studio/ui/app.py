@@ -119,7 +119,7 @@ def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu", data_d
     def on_booth_status(job_ids):
         texts, first = [], None
         for job_id in job_ids or []:
-            _, curves, text, validation = handlers.train_status(jobs, job_id)
+            curves, text, validation = handlers.job_view(jobs, job_id)
             texts.append(text)
             first = first or (curves, validation)
         curves, validation = first or ([], None)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from studio.catalog import Catalog
 from studio.jobs import JobError, JobManager
-from studio.ui.handlers import INPUT_ERRORS, _positive, error
+from studio.ui.handlers import INPUT_ERRORS, positive_number, error
 
 MAX_EVAL_IMAGES = 30_000
 
@@ -18,7 +18,7 @@ def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompt
         if not models:
             raise ValueError("no model chosen; pick the models to evaluate")
         entries = [catalog.get(m) for m in models]
-        n = _positive("number of images", n, int, MAX_EVAL_IMAGES)
+        n = positive_number("number of images", n, int, MAX_EVAL_IMAGES)
         if prompts_file:
             read_prompts(prompts_file)  # a bad file is reported now, not in the job's log
         elif any(e.family != "toy" for e in entries):

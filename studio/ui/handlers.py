@@ -147,7 +147,7 @@ def img2img_view(cache, history, models, image_path, strength, prompt, negative,
 
 # --- Training jobs ---------------------------------------------------------------------------------------------
 
-def _positive(name, value, kind=float, maximum=None):
+def positive_number(name, value, kind=float, maximum=None):
     try:
         value = kind(value)
     except (TypeError, ValueError):
@@ -167,9 +167,9 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
         if entry.role != "teacher":
             raise ValueError(f"{teacher} is a student; choose a teacher: {', '.join(e.name for e in catalog.teachers())}")
         spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
-        steps = _positive("steps", steps, int, MAX_TRAIN_STEPS)
-        lr = _positive("learning rate", lr, float, 1.0)
-        batch_size = _positive("batch size", batch_size, int, 1024)
+        steps = positive_number("steps", steps, int, MAX_TRAIN_STEPS)
+        lr = positive_number("learning rate", lr, float, 1.0)
+        batch_size = positive_number("batch size", batch_size, int, 1024)
         weights = [float(w) for w in (lambda_task, lambda_out, lambda_feat)]
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights}")
@@ -230,15 +230,12 @@ def loss_curves(jobs: JobManager, job_id: str) -> list[dict]:
             for row in read_metrics(jobs.run_folder(job_id)) for term, value in row.items() if term.startswith("loss")]
 
 
-def train_status(jobs: JobManager, job_id: str | None) -> tuple[list[list], list[dict], str, str | None]:
-    """(job table, loss curve rows, status markdown, latest validation image or None)."""
-    rows = job_rows(jobs)
-    if not job_id:
-        return rows, [], "No job selected." if rows else "No training jobs yet.", None
+def job_view(jobs: JobManager, job_id: str) -> tuple[list[dict], str, str | None]:
+    """(loss curve rows, status markdown, latest validation image or None) of one job."""
     try:
         status = jobs.status(job_id)
     except JobError as problem:
-        return rows, [], error(problem), None
+        return [], error(problem), None
     speed = "-" if status.steps_per_second is None else f"{status.steps_per_second:.2f} steps/s"
     losses = ", ".join(f"{k} {v:.4f}" for k, v in status.losses.items())
     text = f"**{status.id}** ({status.name}): {status.state}, step {status.step} of {status.steps}, {speed}. {losses}"
@@ -247,22 +244,29 @@ def train_status(jobs: JobManager, job_id: str | None) -> tuple[list[list], list
     if status.state == "finished" and status.kind == "distill":
         text += f"\n\nThe student is in the Compare tab's model list as `job-{status.id}`."
     validation = sorted((jobs.run_folder(job_id) / "validation").glob("*.png"))
-    return rows, loss_curves(jobs, job_id), text, str(validation[-1]) if validation else None
+    return loss_curves(jobs, job_id), text, str(validation[-1]) if validation else None
+
+
+def train_status(jobs: JobManager, job_id: str | None) -> tuple[list[list], list[dict], str, str | None]:
+    """(job table, loss curve rows, status markdown, latest validation image or None)."""
+    rows = job_rows(jobs)
+    if not job_id:
+        return rows, [], "No job selected." if rows else "No training jobs yet.", None
+    return (rows, *job_view(jobs, job_id))
+
+
+def _on_job(action, job_id: str | None) -> str:
+    if not job_id:
+        return error("no job selected; choose one in the job list")
+    try:
+        return action(job_id)
+    except JobError as problem:
+        return error(problem)
 
 
 def train_cancel(jobs: JobManager, job_id: str | None) -> str:
-    if not job_id:
-        return error("no job selected; choose one in the job list")
-    try:
-        return jobs.cancel(job_id)
-    except JobError as problem:
-        return error(problem)
+    return _on_job(jobs.cancel, job_id)
 
 
 def train_resume(jobs: JobManager, job_id: str | None) -> str:
-    if not job_id:
-        return error("no job selected; choose one in the job list")
-    try:
-        return jobs.resume(job_id)
-    except JobError as problem:
-        return error(problem)
+    return _on_job(jobs.resume, job_id)

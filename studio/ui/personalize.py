@@ -10,7 +10,7 @@ from studio.catalog import Catalog, read_configs
 from studio.jobs import JobError, JobManager
 from studio.personalization.photos import PhotoError, PhotoLimits, check_photos, import_photos
 from studio.profiling import input_geometry
-from studio.ui.handlers import INPUT_ERRORS, _positive, error
+from studio.ui.handlers import INPUT_ERRORS, positive_number, error
 
 MAX_DREAMBOOTH_STEPS = 20_000
 
@@ -36,7 +36,7 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
         if not models:
             raise ValueError("no model chosen; pick the teacher and/or students to personalize")
         instance_prompt, class_prompt = prompts(identifier, class_phrase)
-        steps = _positive("steps", steps, int, MAX_DREAMBOOTH_STEPS)
+        steps = positive_number("steps", steps, int, MAX_DREAMBOOTH_STEPS)
         class_images = int(class_images)
         if class_images < 1:
             raise ValueError(f"class images must be at least 1 (prior preservation needs them), got {class_images}")
