@@ -4,6 +4,7 @@ import argparse
 import os
 
 import studio  # noqa: F401  (torchvision compatibility before gradio imports transformers)
+import studio.toy  # noqa: F401  (the toy world plugs in its data source and judge)
 from studio.catalog import load_catalog
 from studio.ui.app import build_app
 

@@ -5,13 +5,17 @@ STUDIO_MODELS environment variable adds more (e.g. your own students). A
 `source` is a hub id, or a local folder when it starts with `./`, `../` or `/`
 (relative paths are relative to the project root).
 
+A family (toy, v1, v2-base) is a teacher and its students; its defaults
+(guidance, prompt set, validation prompts, which judge, ...) are data in the
+same file, under "families", and reach the library as values.
+
 This module also reads a model's architecture configs without its weights,
 which is all profiling and block removal planning need.
 """
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,8 +62,45 @@ class ModelEntry:
         return self.source_path
 
 
+@dataclass(frozen=True)
+class Family:
+    """A model family's defaults; a family the catalogue does not describe gets these."""
+
+    name: str
+    description: str = ""
+    guidance: float = 7.5  # the paper's
+    steps: int = 25
+    prompt: str = ""  # the app's first prompt
+    prompt_set: str | None = None  # evaluation prompts when none are given (a path like a local source)
+    judge: str | None = None  # a registered judge (studio.evaluation.judges) for this family's images
+    train_data: str | None = None  # a registered data source for distillation
+    train_lr: float = 5e-5
+    train_steps: int = 1000
+    train_batch_size: int = 8
+    validation_prompts: tuple[str, ...] = ()
+    dreambooth_class: str = "dog"
+    dreambooth_prompt: str = "a sks dog in the snow"
+    dreambooth_steps: int = 800
+    class_images: int = 200
+    eval_images: int = 1000
+
+    @property
+    def prompt_set_path(self) -> Path | None:
+        return (PROJECT_ROOT / self.prompt_set).resolve() if self.prompt_set else None
+
+
+def _family_from_dict(name: str, data: dict, origin: Path) -> Family:
+    unknown = set(data) - {f.name for f in fields(Family)}
+    if unknown:
+        raise CatalogError(f"{origin}: family {name!r} has unknown fields {sorted(unknown)}")
+    if "validation_prompts" in data:
+        data = {**data, "validation_prompts": tuple(data["validation_prompts"])}
+    return Family(name=name, **data)
+
+
 class Catalog:
-    def __init__(self, entries: list[ModelEntry]):
+    def __init__(self, entries: list[ModelEntry], families: dict[str, Family] | None = None):
+        self.families = dict(families or {})
         self._entries = {}
         for entry in entries:
             if entry.name in self._entries:
@@ -86,7 +127,10 @@ class Catalog:
 
     def with_entries(self, extra: list[ModelEntry]) -> "Catalog":
         """A new catalogue with `extra` entries added (names must be new)."""
-        return Catalog([*self, *extra])
+        return Catalog([*self, *extra], self.families)
+
+    def family(self, name: str) -> Family:
+        return self.families.get(name) or Family(name)
 
     def teachers(self) -> list[ModelEntry]:
         return [e for e in self if e.role == "teacher"]
@@ -115,14 +159,21 @@ def load_catalog(*extra_files: "str | Path") -> Catalog:
     if os.environ.get(EXTRA_CATALOG_ENV):
         files.append(Path(os.environ[EXTRA_CATALOG_ENV]))
     files.extend(Path(f) for f in extra_files)
-    entries = []
+    entries, families = [], {}
     for path in files:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise CatalogError(f"can't read model catalogue {path}: {error}") from None
         entries.extend(_entry_from_dict(item, path) for item in data.get("models", []))
-    return Catalog(entries)
+        families.update({name: _family_from_dict(name, item, path) for name, item in data.get("families", {}).items()})
+    return Catalog(entries, families)
+
+
+def packaged_family(name: str) -> Family:
+    """A family's defaults from the packaged catalogue alone (no environment, no extra files)."""
+    data = json.loads(DEFAULT_CATALOG.read_text()).get("families", {})
+    return _family_from_dict(name, data[name], DEFAULT_CATALOG) if name in data else Family(name)
 
 
 def write_catalog(entries: list[ModelEntry], path: Path) -> Path:

@@ -6,8 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+import studio.toy  # noqa: F401  (the toy world: registers the "toy" data source and judge)
 from studio.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.compression import CompressionError
+from studio.options import add_arguments, from_args
+from studio.progress import TqdmProgress
 
 PRESET_ARCHS = ("base", "small", "tiny")
 USER_ERRORS = (CompressionError, UnknownModelError, CatalogError, ValueError)
@@ -25,8 +28,6 @@ def cmd_models(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from tqdm import tqdm
-
     from studio.compression import build_student, resolve_spec
     from studio.loading import load_unet
 
@@ -38,12 +39,8 @@ def cmd_compress(args) -> None:
     print(f"loading teacher U-Net {args.teacher} ...", flush=True)
     teacher = load_unet(args.teacher)
     print(f"building {spec} student from a teacher of {sum(p.numel() for p in teacher.parameters()):,} parameters")
-    with tqdm(desc="copying teacher weights", unit="tensor") as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        student = build_student(teacher, spec, progress=progress)
+    with TqdmProgress(unit="tensor") as progress:
+        student = build_student(teacher, spec, callback=progress)
     print(f"saving to {out} ...", flush=True)
     student.save_pretrained(out, safe_serialization=True)
     params = sum(p.numel() for p in student.parameters())
@@ -110,19 +107,11 @@ def cmd_toy_train(args) -> None:
     train_toy_teacher(config)
 
 
-def cmd_dreambooth(args) -> None:
-    from studio.personalization.dreambooth import DreamBoothConfig, dreambooth
+def cmd_dreambooth(config) -> None:
+    from studio.personalization.dreambooth import dreambooth
 
-    config = DreamBoothConfig(
-        model=args.model, photos=args.photos, instance_prompt=args.instance_prompt, class_prompt=args.class_prompt,
-        out=args.out, steps=args.steps, lora=not args.full, rank=args.rank, alpha=args.alpha,
-        train_text_encoder=args.train_text_encoder, lr=args.lr, prior_weight=args.prior_weight,
-        class_images=args.class_images, sample_steps=args.sample_steps, guidance=args.guidance,
-        gradient_checkpointing=not args.no_gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, validation_prompts=tuple(args.validation_prompt or ()), seed=args.seed,
-        resume=args.resume,
-    )
-    out = dreambooth(config)
+    with TqdmProgress() as progress:
+        out = dreambooth(config, callback=progress)
     result = out / ("lora" if config.lora else "unet")
     print(f"personalized weights in {result}; metrics in {out / 'metrics.csv'}; card in {out / 'card.json'}")
 
@@ -134,23 +123,13 @@ def cmd_toy_dreambooth(args) -> None:
     toy_dreambooth_report(models, Path(args.work), args.steps, args.class_images, args.lr, args.n, Path(args.report))
 
 
-def cmd_evaluate(args) -> None:
-    from tqdm import tqdm
+def cmd_evaluate(config) -> None:
+    from studio.evaluation.protocol import evaluate
 
-    from studio.evaluation.protocol import EvalConfig, evaluate
-
-    config = EvalConfig(
-        models=[m for m in args.models.split(",") if m], out=args.out, prompts=args.prompts, n=args.n,
-        steps=args.steps, scheduler=args.scheduler, guidance=args.guidance, seed=args.seed,
-        resolution=args.resolution, metric_size=args.metric_size, clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained, clip_weights=args.clip_weights,
-        inception_weights=args.inception_weights, real=args.real, device=args.device,
-    )
-    bar = tqdm(total=config.n * len(config.models), desc="images", unit="image")
-    rows = evaluate(config, callback=lambda event: bar.update(1))
-    bar.close()
-    print((Path(args.out) / "results.md").read_text())
-    print(f"{len(rows)} models; results in {Path(args.out) / 'results.csv'}")
+    with TqdmProgress(unit="image") as progress:
+        rows = evaluate(config, callback=progress)
+    print((Path(config.out) / "results.md").read_text())
+    print(f"{len(rows)} models; results in {Path(config.out) / 'results.csv'}")
 
 
 def cmd_toy_judge(args) -> None:
@@ -165,20 +144,22 @@ def cmd_toy_judge(args) -> None:
         print(f"{key:>10} accuracy {report[key]:.1%}")
 
 
-def cmd_distill(args) -> None:
-    from studio.distillation.objective import KDWeights
-    from studio.distillation.train import DistillConfig, distill
+def cmd_distill(config) -> None:
+    from studio.distillation.train import distill
 
-    config = DistillConfig(
-        teacher=args.teacher, arch=args.arch, data=args.data, out=args.out, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
-        teacher_dtype=args.teacher_dtype, ema_decay=args.ema, init=args.init,
-        weights=KDWeights(task=args.lambda_task, out=args.lambda_out, feat=args.lambda_feat),
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
-        validation_prompts=tuple(args.validation_prompt or ()), validation_guidance=args.validation_guidance,
-    )
-    out = distill(config)
+    with TqdmProgress() as progress:
+        out = distill(config, callback=progress)
     print(f"student U-Net in {out / 'unet'}; metrics in {out / 'metrics.csv'}")
+
+
+def add_config_command(commands, name: str, help: str, run) -> None:
+    """A subcommand whose flags come from its config dataclass (studio/commands.py, studio/options.py)."""
+    from studio.commands import CONFIGS
+
+    cls = CONFIGS[name]
+    sub = commands.add_parser(name, help=help)
+    add_arguments(sub, cls)
+    sub.set_defaults(run=lambda args: run(from_args(cls, args)))
 
 
 def cmd_toy_students(args) -> None:
@@ -228,75 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     unet.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     unet.set_defaults(run=cmd_bench)
-    dist = commands.add_parser("distill", help="distill a block-removed student from its teacher (BK-SDM)")
-    dist.add_argument("--teacher", required=True, help="catalogue name or pipeline folder")
-    dist.add_argument("--arch", required=True, help="base, small, tiny or custom:LAYERS[:no-mid][:no-innermost]")
-    dist.add_argument("--data", required=True, help="imagefolder (metadata.jsonl) or 'toy'")
-    dist.add_argument("--out", required=True)
-    dist.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    dist.add_argument("--batch-size", type=int, default=8, help="per process")
-    dist.add_argument("--lr", type=float, default=5e-5)
-    dist.add_argument("--grad-accum", type=int, default=1)
-    dist.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    dist.add_argument("--teacher-dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    dist.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the student, e.g. 0.999")
-    dist.add_argument("--init", default="teacher", choices=["teacher", "random"])
-    dist.add_argument("--lambda-task", type=float, default=1.0)
-    dist.add_argument("--lambda-out", type=float, default=1.0)
-    dist.add_argument("--lambda-feat", type=float, default=1.0)
-    dist.add_argument("--checkpoint-every", type=int, default=500)
-    dist.add_argument("--log-every", type=int, default=10)
-    dist.add_argument("--seed", type=int, default=0)
-    dist.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    dist.add_argument("--validation-prompt", action="append", help="repeatable; images at every checkpoint")
-    dist.add_argument("--validation-guidance", type=float, default=7.5)
-    dist.set_defaults(run=cmd_distill)
-
-    ev = commands.add_parser("evaluate", help="CLIP score, FID, IS, fidelity and toy judge accuracy of models")
-    ev.add_argument("--models", required=True, help="catalogue names, comma-separated (e.g. toy-teacher,toy-bk-tiny)")
-    ev.add_argument("--prompts", help="BK-SDM metadata.csv or one prompt per line (default for toy models: "
-                                      "assets/toy/prompts.txt)")
-    ev.add_argument("--n", type=int, default=90, help="images per model (prompts cycle if fewer)")
-    ev.add_argument("--out", required=True)
-    ev.add_argument("--steps", type=int, default=25)
-    ev.add_argument("--scheduler", default="PNDM")
-    ev.add_argument("--guidance", type=float, help="default 7.5 (the paper's), 1.5 for toy models")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--resolution", type=int, help="default: each model's native size")
-    ev.add_argument("--metric-size", type=int, default=256, help="images are downsampled to this for the metrics")
-    ev.add_argument("--clip-model", default="ViT-g-14")
-    ev.add_argument("--clip-pretrained", default="laion2b_s34b_b88k")
-    ev.add_argument("--clip-weights", help="a local .safetensors file for the CLIP model")
-    ev.add_argument("--inception-weights", help="torch-fidelity's InceptionV3 weights as .safetensors (FID, IS)")
-    ev.add_argument("--real", help="a folder of real images, for FID")
-    ev.add_argument("--device", default="cpu")
-    ev.set_defaults(run=cmd_evaluate)
-
-    booth = commands.add_parser("dreambooth", help="personalize a teacher or student from a few photos")
-    booth.add_argument("--model", required=True, help="catalogue name or pipeline folder")
-    booth.add_argument("--photos", required=True, help="a folder of 1-50 photos (JPEG, PNG, WebP)")
-    booth.add_argument("--instance-prompt", required=True, help='with the identifier, e.g. "a sks dog"')
-    booth.add_argument("--class-prompt", required=True, help='e.g. "a dog"')
-    booth.add_argument("--out", required=True)
-    booth.add_argument("--steps", type=int, default=800)
-    mode = booth.add_mutually_exclusive_group()
-    mode.add_argument("--lora", action="store_true", default=True, help="LoRA through peft (the default)")
-    mode.add_argument("--full", action="store_true", help="finetune the whole U-Net instead")
-    booth.add_argument("--rank", type=int, default=16)
-    booth.add_argument("--alpha", type=float, default=27.0)
-    booth.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too (r16, a17)")
-    booth.add_argument("--lr", type=float, help="default 1e-4 (LoRA) or 1e-6 (full)")
-    booth.add_argument("--prior-weight", type=float, default=1.0)
-    booth.add_argument("--class-images", type=int, default=200, help="made by the model itself before training")
-    booth.add_argument("--sample-steps", type=int, default=25)
-    booth.add_argument("--guidance", type=float, default=7.5, help="for class and validation images")
-    booth.add_argument("--no-gradient-checkpointing", action="store_true")
-    booth.add_argument("--checkpoint-every", type=int, default=200)
-    booth.add_argument("--log-every", type=int, default=10)
-    booth.add_argument("--validation-prompt", action="append")
-    booth.add_argument("--seed", type=int, default=0)
-    booth.add_argument("--resume", action="store_true")
-    booth.set_defaults(run=cmd_dreambooth)
+    add_config_command(commands, "distill", "distill a block-removed student from its teacher (BK-SDM)", cmd_distill)
+    add_config_command(commands, "evaluate", "CLIP score, FID, IS, fidelity and judge accuracy of models",
+                       cmd_evaluate)
+    add_config_command(commands, "dreambooth", "personalize a teacher or student from a few photos", cmd_dreambooth)
 
     toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
@@ -354,13 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from studio.distillation.train import TrainingError
     from studio.loading import ModelUnavailableError
-    from studio.personalization.dreambooth import DreamBoothError
+    from studio.training import TrainingError
 
     try:
         args.run(args)
-    except (*USER_ERRORS, ModelUnavailableError, TrainingError, DreamBoothError) as error:
+    except (*USER_ERRORS, ModelUnavailableError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DConditionModel
 
+from studio.progress import report
+
 DOWN_TO_UP = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
 MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", None)
 # Config entries with one value per stage, in down order or in up order.
@@ -220,21 +222,18 @@ def student_config(teacher_config, arch: "str | StudentSpec") -> dict:
     return plan_student(teacher_config, arch).student_config
 
 
-def build_student(teacher: UNet2DConditionModel, arch: "str | StudentSpec", progress=None) -> UNet2DConditionModel:
-    """A student U-Net whose every weight is copied from `teacher`.
-
-    progress: optional callable(done, total) called while weights are copied.
-    """
+def build_student(teacher: UNet2DConditionModel, arch: "str | StudentSpec", callback=None) -> UNet2DConditionModel:
+    """A student U-Net whose every weight is copied from `teacher`; `callback` gets a progress event per tensor."""
     plan = plan_student(teacher.config, arch)
     student = UNet2DConditionModel.from_config(plan.student_config).to(
         device=teacher.device, dtype=teacher.dtype
     )
-    copy_teacher_weights(teacher, student, plan, progress)
+    copy_teacher_weights(teacher, student, plan, callback)
     return student
 
 
 @torch.no_grad()
-def copy_teacher_weights(teacher, student, plan: CompressionPlan, progress=None) -> None:
+def copy_teacher_weights(teacher, student, plan: CompressionPlan, callback=None) -> None:
     teacher_state = teacher.state_dict()
     student_state = student.state_dict()
     problems = []
@@ -250,5 +249,4 @@ def copy_teacher_weights(teacher, student, plan: CompressionPlan, progress=None)
         )
     for done, (name, value) in enumerate(student_state.items(), start=1):
         value.copy_(teacher_state[plan.teacher_name(name)])
-        if progress is not None:
-            progress(done, len(student_state))
+        report(callback, "copying teacher weights", done, len(student_state))

@@ -9,19 +9,20 @@ clock starts; loading time is reported separately.
 import time
 from dataclasses import asdict, dataclass
 from statistics import median
-from typing import Callable
 
 import torch
 from diffusers import (
     DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
     StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
 )
-from PIL import Image, ImageOps
+from PIL import Image
 
 from studio.bench import synchronize
 from studio.catalog import Catalog
+from studio.images import square
 from studio.loading import load_pipeline
 from studio.profiling import count_unet_macs, meta_unet
+from studio.progress import Callback, report
 
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
@@ -168,16 +169,6 @@ class _UNetTimer:
             handle.remove()
 
 
-def prepare_init_image(image: Image.Image, resolution: int) -> Image.Image:
-    """An upload as an RGB square of `resolution` pixels: EXIF orientation applied, center-cropped."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    return ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
-
-
-# callback(event) with event = {"model", "index", "models", "step", "steps"}: one hook for progress.
-Callback = Callable[[dict], None]
-
-
 @torch.inference_mode()
 def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: Image.Image | None = None,
               callback: Callback | None = None, index: int = 0, models: int = 1) -> Result:
@@ -196,9 +187,7 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
     pipeline.set_progress_bar_config(disable=True)
 
     def on_step_end(_pipe, step, _timestep, kwargs):
-        if callback:
-            callback({"model": name, "index": index, "models": models, "step": step + 1,
-                      "steps": _pipe.num_timesteps if init_image is not None else settings.steps})
+        report(callback, "generate", step + 1, _pipe.num_timesteps, model=name, index=index, models=models)
         return kwargs
 
     arguments = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
@@ -206,7 +195,7 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
                      generator=torch.Generator().manual_seed(settings.seed),  # CPU noise: same on every device
                      callback_on_step_end=on_step_end)
     if init_image is not None:
-        arguments.update(image=prepare_init_image(init_image, resolution), strength=settings.strength)
+        arguments.update(image=square(init_image, resolution), strength=settings.strength)
     else:
         arguments.update(height=resolution, width=resolution)
     with _UNetTimer(pipeline.unet) as timer:
@@ -224,13 +213,44 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
 def compare(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
             callback: Callback | None = None) -> list[Result]:
     """The same prompt, seed and scheduler on every model, one after the other."""
+    return list(compare_iter(cache, models, settings, init_image, callback))
+
+
+def compare_iter(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
+                 callback: Callback | None = None):
+    """`compare`, one result at a time. Every model is loaded before the first image: a model that can't be
+    had stops the comparison before any generation time is spent."""
     if not models:
         raise ValueError("no model chosen; pick at least one")
-    settings.check()  # before any model loads
+    settings.check()
     unknown = [m for m in models if m not in cache.catalog]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; the catalogue has: {', '.join(cache.catalog.names())}")
-    return [run_model(cache, name, settings, init_image, callback, i, len(models)) for i, name in enumerate(models)]
+    load_seconds = {}
+    for i, name in enumerate(models):
+        report(callback, "load", i, len(models), model=name)
+        started, was_loaded = time.perf_counter(), cache.loaded(name)
+        settings.check(native_resolution(cache.get(name)))
+        load_seconds[name] = 0.0 if was_loaded else time.perf_counter() - started
+    for i, name in enumerate(models):
+        result = run_model(cache, name, settings, init_image, callback, i, len(models))
+        result.load_seconds = load_seconds[name]
+        yield result
+
+
+@torch.inference_mode()
+def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[int], steps: int = 25,
+           guidance: float = 7.5, batch: int = 32, callback: Callback | None = None) -> list[Image.Image]:
+    """Untimed images for validation grids, class images and prompt sets: image i from its own seed,
+    so it is the same image whatever the batch it was drawn in."""
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, len(prompts), batch):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds[start:start + batch]]
+        images += pipeline(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=guidance,
+                           generator=generators).images
+        report(callback, "generate", len(images), len(prompts))
+    return images
 
 
 def speedups(results: list[Result], teacher: str | None) -> dict[str, tuple[float, float] | None]:

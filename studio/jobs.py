@@ -1,13 +1,13 @@
 """Background jobs: a studio command in its own process, its whole state on disk.
 
 A job is a folder under the jobs root:
-    job.json    what to run (kind, argv, name, created) and what it makes
+    job.json    what to run (kind: the command; config: its config dataclass as JSON), name, created
     run/        the command's --out (checkpoints, metrics.csv, validation images, result)
     data/       an uploaded dataset, when the job has one
     log.txt     the command's stdout and stderr, across resumes
     runner.json the runner's pid while it runs; exit.json when the command ended
-The runner (`python -m studio.jobs RUN JOB_DIR`) starts the command, waits for it
-and writes exit.json, so a job outlives the app (and a browser refresh), and an
+The runner (`python -m studio.jobs RUN JOB_DIR`) builds the command from the
+stored config (studio/commands.py), starts it, waits for it and writes exit.json, so a job outlives the app (and a browser refresh), and an
 app restarted later reads every job's state from the folder alone.
 """
 
@@ -21,10 +21,11 @@ import sys
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, ModelEntry, entries_beyond_packaged, write_catalog
+from studio.commands import config_from_json, job_argv
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
 MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
@@ -54,6 +55,13 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Written beside and renamed into place: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
 def _alive(pid: int) -> bool:
@@ -129,27 +137,28 @@ class JobManager:
         specs = [(name, spec) for name, spec in specs if spec and (kind is None or spec.get("kind") == kind)]
         return [name for name, spec in sorted(specs, key=lambda item: item[1].get("created", 0), reverse=True)]
 
-    def create(self, kind: str, name: str, argv_after_out: list[str], total_steps: int, extra: dict | None = None,
+    def create(self, command: str, config, name: str, total_steps: int, extra: dict | None = None,
                prepare=None, catalog: Catalog | None = None) -> str:
-        """A new job folder; `prepare(folder)` may fill it (e.g. unpack data) and return extra argv.
+        """A new job running `command` with `config` (its `out` becomes the job's run/ folder).
 
-        The command sees the models of `catalog` beyond the packaged ones (the
-        job's catalog.json, as $STUDIO_MODELS). If preparing fails, the new
-        folder is removed and nothing else is touched.
+        `prepare(folder)` may fill the folder (unpack data, copy photos) and returns config fields to
+        set (e.g. {"data": path}). The command sees the models of `catalog` beyond the packaged ones
+        (the job's catalog.json, as $STUDIO_MODELS). If preparing or checking fails, the new folder is
+        removed and nothing else is touched.
         """
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
         folder.mkdir()
         try:
-            more = prepare(folder) if prepare else []
+            config = replace(config, out=str(folder / "run"), **(prepare(folder) if prepare else {}))
+            config.check()
             write_catalog(entries_beyond_packaged(catalog) if catalog else [], folder / "catalog.json")
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        argv = [sys.executable, "-m", "studio", *argv_after_out, *more, "--out", str(folder / "run")]
-        spec = {"id": job_id, "kind": kind, "name": name, "argv": argv, "steps": total_steps,
+        spec = {"id": job_id, "kind": command, "name": name, "config": asdict(config), "steps": total_steps,
                 "created": time.time(), **(extra or {})}
-        (folder / "job.json").write_text(json.dumps(spec, indent=2) + "\n")
+        write_json(folder / "job.json", spec)
         self._launch(folder)
         return job_id
 
@@ -163,7 +172,7 @@ class JobManager:
             start_new_session=True,  # its own process group: cancel signals runner and command together
         )
         self._children[folder.name] = runner
-        (folder / "runner.json").write_text(json.dumps({"pid": runner.pid, "started": time.time()}) + "\n")
+        write_json(folder / "runner.json", {"pid": runner.pid, "started": time.time()})
 
     def spec(self, job_id: str) -> dict:
         return json.loads((self.folder(job_id) / "job.json").read_text())
@@ -228,9 +237,9 @@ class JobManager:
             raise JobError(f"job {job_id} is {state}; only cancelled, failed or interrupted jobs resume")
         folder = self.folder(job_id)
         spec = self.spec(job_id)
-        if "--resume" not in spec["argv"]:  # the runner runs what job.json says
-            spec["argv"].append("--resume")
-            (folder / "job.json").write_text(json.dumps(spec, indent=2) + "\n")
+        if not spec["config"].get("resume"):  # the runner runs what job.json says
+            spec["config"]["resume"] = True
+            write_json(folder / "job.json", spec)
         self._launch(folder)
         return f"resumed {job_id}"
 
@@ -249,7 +258,7 @@ class JobManager:
             if spec["kind"] == "distill" and self.state(job_id)[0] == "finished":
                 entries.append(ModelEntry(
                     name=f"job-{job_id}", source=str(self.run_folder(job_id)), role="student",
-                    family=spec.get("family", ""), teacher=spec.get("teacher"), arch=spec.get("arch"),
+                    family=spec.get("family", ""), teacher=spec["config"]["teacher"], arch=spec["config"]["arch"],
                     description=f"distilled in the studio: {spec['name']}",
                 ))
         return entries
@@ -258,6 +267,7 @@ class JobManager:
 def _run(folder: Path) -> int:
     """The runner: start the job's command, forward a cancel, record how it ended."""
     spec = json.loads((folder / "job.json").read_text())
+    argv = job_argv(spec["kind"], config_from_json(spec["kind"], spec["config"]))
     cancelled = False
 
     def on_term(signum, frame):  # the command, in our process group, got the same signal
@@ -266,17 +276,16 @@ def _run(folder: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     with open(folder / "log.txt", "a") as log:
-        log.write(f"\n$ {' '.join(spec['argv'])}\n")
+        log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
-        process = subprocess.Popen(spec["argv"], stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
         while True:
             try:
                 returncode = process.wait()
                 break
             except InterruptedError:
                 continue
-    (folder / "exit.json").write_text(json.dumps({"returncode": returncode, "cancelled": cancelled,
-                                                  "ended": time.time()}) + "\n")
+    write_json(folder / "exit.json", {"returncode": returncode, "cancelled": cancelled, "ended": time.time()})
     return returncode
 
 

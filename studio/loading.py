@@ -131,3 +131,13 @@ def share_components(teacher: StableDiffusionPipeline, unet: UNet2DConditionMode
     return StableDiffusionPipeline(
         **components, requires_safety_checker=teacher.config.get("requires_safety_checker", False)
     )
+
+
+def load_lora(pipeline: StableDiffusionPipeline, folder: Path | str) -> StableDiffusionPipeline:
+    """`pipeline` with the LoRA weights of a diffusers LoRA folder applied (safetensors only)."""
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ModelUnavailableError(f"no LoRA weights in {folder}: the studio loads .safetensors files only")
+    pipeline.load_lora_weights(folder, weight_name=weights[0].name, use_safetensors=True)
+    return pipeline

@@ -7,6 +7,7 @@ structure at a tiny width.
 
 import json
 import os
+import socket
 import string
 
 # Before anything imports huggingface_hub: tests never reach for the network.
@@ -17,6 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import studio  # noqa: E402, F401  (torchvision compatibility first)
+import studio.toy  # noqa: E402, F401  (the toy world plugs in its data source and judge, as cli.py and app.py do)
 
 # SD's stage structure (three cross-attention down stages, a plain one, a
 # cross-attention mid block, the mirrored up path, two layers per stage).
@@ -93,5 +95,37 @@ def tiny_catalog(tmp_path_factory, tiny_pipeline_dir):
         {"name": "tiny-small", "source": str(folder / "tiny-small"), "role": "student", "family": "tiny",
          "teacher": "tiny-teacher", "arch": "small"},
     ]
-    (folder / "models.json").write_text(json.dumps({"models": entries}))
+    families = {"tiny": {"prompt": "a cat", "guidance": 2.0, "validation_prompts": ["a red circle"]}}
+    (folder / "models.json").write_text(json.dumps({"families": families, "models": entries}))
     return load_catalog(folder / "models.json")
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    """The packaged catalogue (studio/models.json)."""
+    from studio.catalog import load_catalog
+
+    return load_catalog()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_app(tiny_catalog, tmp_path):
+    """The app on the tiny family, served on a free port; yields (gradio_client Client, port, data dir)."""
+    from gradio_client import Client
+
+    from studio.ui.app import build_app
+
+    app = build_app(tiny_catalog, family="tiny", data_dir=tmp_path / "data")
+    port = free_port()
+    app.queue(max_size=4, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
+                                                               prevent_thread_lock=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), port, tmp_path / "data"
+    finally:
+        app.close()

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from studio.evaluation.metrics import psnr
 from studio.generation import SCHEDULERS, PipelineCache, Settings, compare
-from studio.history import History, read_settings
+from studio.history import read_settings
 from studio.toy.data import make_example
 from studio.toy.judge import judge
-from studio.evaluation.metrics import psnr
-from studio.ui.handlers import compare_view, img2img_view
+from studio.ui.common import Studio
+from studio.ui.compare import compare_stream
+from studio.ui.img2img import img2img_stream
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -28,18 +30,23 @@ def test_bad_settings_name_what_is_allowed(settings, message):
 
 
 def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
-    cache = PipelineCache(tiny_catalog)
-    history = History(tmp_path / "history")
+    studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
+    cache, history = studio.cache, studio.history
     events = []
-    items, readout = compare_view(cache, history, ["tiny-teacher", "tiny-small"], "a cat", "", 7, 3, 2.0, "DDIM",
-                                  0, callback=events.append)
-    assert len(items) == 2 and "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
+    settings = Settings("a cat", seed=7, steps=3, guidance=2.0, scheduler="DDIM")
+    updates = list(compare_stream(studio, ["tiny-teacher", "tiny-small"], settings, callback=events.append))
+    # One update per model, as soon as it is done: the first shows the teacher alone.
+    assert [len(items) for items, _ in updates] == [1, 2] and "| tiny-small |" not in updates[0][1]
+    items, readout = updates[-1]
+    assert "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
     teacher_row = next(line for line in readout.splitlines() if line.startswith("| tiny-teacher"))
     assert "1.00x, 1.00x" in teacher_row  # its own speed-up
     student_row = next(line for line in readout.splitlines() if line.startswith("| tiny-small"))
     assert "x, " in student_row and "teacher not run" not in student_row
-    # Progress events: every step of every model, in order.
-    assert [(e["model"], e["step"]) for e in events] == [(m, s) for m in ("tiny-teacher", "tiny-small") for s in (1, 2, 3)]
+    # Progress events: both models loaded first, then every step of every model, in order.
+    assert [(e.task, e.info["model"], e.done) for e in events] == \
+        [("load", "tiny-teacher", 0), ("load", "tiny-small", 1)] + \
+        [("generate", m, s) for m in ("tiny-teacher", "tiny-small") for s in (1, 2, 3)]
     # Each PNG carries its settings; the history lists both.
     settings = read_settings(items[1][0])
     assert settings["model"] == "tiny-small" and settings["seed"] == 7 and settings["scheduler"] == "DDIM"
@@ -65,39 +72,50 @@ def test_resolution_changes_the_image_and_the_macs(tiny_catalog, tmp_path):
     assert len(native.unet_seconds) == 2 and native.unet_step_seconds > 0  # DDIM: one U-Net call per step
 
 
-def test_compare_bad_input_returns_a_message(tiny_catalog, tmp_path):
-    cache, history = PipelineCache(tiny_catalog), History(tmp_path / "history")
+def test_compare_bad_input_is_refused_before_any_image(tiny_catalog, tmp_path):
+    studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
     for models, prompt, resolution, message in [
-        ([], "a cat", 0, "no model chosen"),
-        (["tiny-teacher"], " ", 0, "prompt is empty"),
+        ([], "a cat", None, "no model chosen"),
+        (["tiny-teacher"], " ", None, "prompt is empty"),
         (["tiny-teacher"], "a cat", 36, "multiple of 8"),
-        (["nope"], "a cat", 0, "unknown model"),
+        (["tiny-teacher", "nope"], "a cat", None, "unknown model"),
     ]:
-        items, readout = compare_view(cache, history, models, prompt, "", 0, 2, 1.0, "PNDM", resolution)
-        assert items == [] and readout.startswith("**Error:**") and message in readout
-    assert history.recent() == []
+        with pytest.raises(ValueError, match=message):
+            list(compare_stream(studio, models, Settings(prompt, steps=2, resolution=resolution)))
+    assert studio.history.recent() == []
+
+
+def test_a_model_that_cannot_be_loaded_stops_compare_before_generation(tiny_catalog, tmp_path):
+    from studio.loading import ModelUnavailableError
+
+    broken = tiny_catalog.with_entries([type(tiny_catalog.get("tiny-small"))(
+        name="tiny-missing", source=str(tmp_path / "nowhere"), role="student", family="tiny",
+        teacher="tiny-teacher", arch="small")])
+    studio = Studio.create(broken, "tiny", "cpu", tmp_path)
+    events = []
+    with pytest.raises(ModelUnavailableError, match="tiny-missing"):
+        list(compare_stream(studio, ["tiny-teacher", "tiny-missing"], Settings("a cat", steps=2),
+                            callback=events.append))
+    assert [e.task for e in events] == ["load", "load"] and studio.history.recent() == []
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
-def test_every_scheduler_draws_what_the_toy_prompt_asks(scheduler):
-    from studio.catalog import load_catalog
-
-    cache = PipelineCache(load_catalog())
+def test_every_scheduler_draws_what_the_toy_prompt_asks(catalog, scheduler):
+    cache = PipelineCache(catalog)
     result = compare(cache, ["toy-teacher"], Settings("a red circle on a blue background", seed=0, steps=20,
                                                       guidance=1.5, scheduler=scheduler))[0]
     verdict = judge(result.image)
     assert (verdict.color, verdict.background) == ("red", "blue"), (scheduler, verdict)
 
 
-def test_img2img_keeps_the_input_at_low_strength(tmp_path):
-    from studio.catalog import load_catalog
-
-    cache, history = PipelineCache(load_catalog()), History(tmp_path / "history")
+def test_img2img_keeps_the_input_at_low_strength(catalog, tmp_path):
+    studio = Studio.create(catalog, "toy", "cpu", tmp_path)
+    history = studio.history
     source = make_example(3, seed=5)[0]
     path = tmp_path / "input.png"
     source.save(path)
-    items, readout = img2img_view(cache, history, ["toy-teacher"], str(path), 0.3, source_caption(3), "", 0, 20, 1.5,
-                                  "DDIM", 0)
+    items, readout = list(img2img_stream(studio, ["toy-teacher"], str(path), 0.3, source_caption(3), "", 0, 20, 1.5,
+                                         "DDIM", 0))[-1]
     assert len(items) == 1, readout
     image = Image.open(items[0][0])
     assert image.size == source.size and psnr(image, source) > 15
@@ -106,8 +124,9 @@ def test_img2img_keeps_the_input_at_low_strength(tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")
     before = len(history.recent())
-    items, readout = img2img_view(cache, history, ["toy-teacher"], str(junk), 0.3, "a cat", "", 0, 5, 1.5, "DDIM", 0)
-    assert items == [] and "not a readable image" in readout and len(history.recent()) == before
+    with pytest.raises(ValueError, match="not a readable image"):
+        list(img2img_stream(studio, ["toy-teacher"], str(junk), 0.3, "a cat", "", 0, 5, 1.5, "DDIM", 0))
+    assert len(history.recent()) == before
 
 
 def source_caption(index: int) -> str:

@@ -17,8 +17,10 @@ from studio.catalog import read_configs
 from studio.cli import main
 from studio.compression import build_student, plan_student
 from studio.distillation.data import DataError, ImageFolderData
-from studio.distillation.objective import KDWeights, capture_outputs, feature_pairs, kd_loss
-from studio.distillation.train import DistillConfig, TrainingError, distill
+from studio.distillation.config import DistillConfig, KDWeights
+from studio.distillation.objective import capture_outputs, feature_pairs, kd_loss
+from studio.distillation.train import distill
+from studio.training import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +73,7 @@ def metrics(out: Path) -> list[dict]:
 
 
 def test_short_run_writes_student_metrics_checkpoints_and_card(tiny_pipeline_dir, tmp_path):
-    out = distill(config(tiny_pipeline_dir, tmp_path / "run", validation_prompts=("a red circle",)), progress=False)
+    out = distill(config(tiny_pipeline_dir, tmp_path / "run", validation_prompts=("a red circle",)))
     rows = metrics(out)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert set(rows[0]) == {"step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"}
@@ -80,15 +82,16 @@ def test_short_run_writes_student_metrics_checkpoints_and_card(tiny_pipeline_dir
     student = UNet2DConditionModel.from_pretrained(out / "unet")
     assert student.config.mid_block_type is None
     card = json.loads((out / "card.json").read_text())
-    assert card["arch"] == "small" and card["steps"] == 4 and "loss_total" in card["final_losses"]
+    assert card["kind"] == "distill" and card["result"]["arch"] == "small" and card["steps"] == 4
+    assert "loss_total" in card["final_losses"] and card["config"]["teacher"] == str(tiny_pipeline_dir)
     assert Image.open(out / "validation" / "step-000004.png").size == (32, 64)  # teacher row, student row
 
 
 def test_resume_continues_exactly(tiny_pipeline_dir, tmp_path):
-    whole = distill(config(tiny_pipeline_dir, tmp_path / "whole"), progress=False)
+    whole = distill(config(tiny_pipeline_dir, tmp_path / "whole"))
     part = tmp_path / "part"
-    distill(config(tiny_pipeline_dir, part, steps=2), progress=False)
-    distill(config(tiny_pipeline_dir, part, resume=True), progress=False)
+    distill(config(tiny_pipeline_dir, part, steps=2))
+    distill(config(tiny_pipeline_dir, part, resume=True))
     assert [int(r["step"]) for r in metrics(part)] == [1, 2, 3, 4]
     a = UNet2DConditionModel.from_pretrained(whole / "unet").state_dict()
     b = UNet2DConditionModel.from_pretrained(part / "unet").state_dict()
@@ -130,7 +133,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_pipeline_dir, tmp_pat
 
     monkeypatch.setattr(train, "kd_loss", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at step 2.*step-000002"):
-        distill(config(tiny_pipeline_dir, tmp_path / "nan"), progress=False)
+        distill(config(tiny_pipeline_dir, tmp_path / "nan"))
     assert (tmp_path / "nan" / "checkpoints" / "step-000002" / "student.safetensors").exists()
 
 
@@ -182,7 +185,7 @@ def test_bad_flags_get_clear_errors(tiny_pipeline_dir, tmp_path, capsys):
     assert main(base + ["--arch", "tiny", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
     assert main(base + ["--arch", "tiny", "--lambda-feat", "-1"]) == 2
-    assert "loss weights must be >= 0" in capsys.readouterr().err
+    assert "λ feature KD (--lambda-feat) must be at least 0, got -1.0" in capsys.readouterr().err
     assert main(["distill", "--teacher", str(tiny_pipeline_dir), "--data", str(tmp_path / "none"),
                  "--out", str(tmp_path / "y"), "--arch", "tiny"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from studio.evaluation.metrics import ClipScorer, MetricUnavailable, fid_and_is, inception_from_safetensors
-from studio.evaluation.prompts import TOY_PROMPTS, read_prompts
+from studio.evaluation.prompts import read_prompts
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -28,11 +28,25 @@ def test_prompt_files(tmp_path):
         read_prompts(tmp_path / "nope.txt")
 
 
-def test_the_toy_prompt_set_is_the_judge_prompt_set():
+def test_the_toy_prompt_set_is_the_judge_prompt_set(catalog):
     from studio.toy.data import caption
     from studio.toy.evaluate import PROMPT_SET
 
-    assert read_prompts(TOY_PROMPTS) == [caption(*t) for t in PROMPT_SET]
+    assert read_prompts(catalog.family("toy").prompt_set_path) == [caption(*t) for t in PROMPT_SET]
+
+
+def test_evaluate_and_the_toy_judge_see_the_same_images(catalog, tmp_path):
+    """Image i of a model is seeded the same way by `evaluate` and by the toy world's prompt set."""
+    from studio.evaluation.config import EvalConfig
+    from studio.evaluation.protocol import evaluate
+    from studio.loading import load_pipeline
+    from studio.toy.evaluate import prompt_set_images
+
+    evaluate(EvalConfig(models=["toy-bk-tiny"], out=str(tmp_path / "eval"), n=3, seed=4), catalog)
+    _, images = prompt_set_images(load_pipeline("toy-bk-tiny", catalog), 3, seed=4)
+    for i, image in enumerate(images):
+        saved = np.asarray(Image.open(tmp_path / "eval" / "images" / "toy-bk-tiny" / f"{i:05d}.png"), dtype=float)
+        assert np.abs(saved - np.asarray(image, dtype=float)).max() <= 2  # batched vs single: float noise only
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +116,8 @@ def test_fid_and_is_plumbing(random_inception_weights):
 def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_weights, random_inception_weights):
     import csv
 
-    from studio.evaluation.protocol import COLUMNS, EvalConfig, evaluate
+    from studio.evaluation.config import EvalConfig
+    from studio.evaluation.protocol import COLUMNS, evaluate
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\na bird\n")
@@ -136,7 +151,8 @@ def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_w
 
 
 def test_toy_models_use_the_toy_defaults_and_the_judge(tmp_path):
-    from studio.evaluation.protocol import EvalConfig, evaluate
+    from studio.evaluation.config import EvalConfig
+    from studio.evaluation.protocol import evaluate
 
     config = EvalConfig(models=["toy-teacher"], out=str(tmp_path / "eval"), n=6)  # no CLIP weights here
     rows = evaluate(config)

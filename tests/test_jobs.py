@@ -6,7 +6,8 @@ import zipfile
 import pytest
 
 from studio.jobs import JobError, JobManager, extract_dataset_zip
-from studio.ui.handlers import train_cancel, train_resume, train_start, train_status, with_job_students
+from studio.ui.common import Studio, job_rows, job_view
+from studio.ui.train import train_start
 
 
 def start(jobs, catalog, **overrides):
@@ -20,17 +21,22 @@ def start(jobs, catalog, **overrides):
 def test_bad_training_requests_are_refused_and_touch_nothing(tiny_catalog, tmp_path):
     jobs = JobManager(tmp_path / "jobs")
     for overrides, message in [
-        ({"teacher": "nope"}, "unknown model"),
-        ({"teacher": "tiny-small"}, "is a student"),
-        ({"steps": 0}, "steps must be above 0"),
-        ({"lr": -1}, "learning rate must be above 0"),
-        ({"lambda_task": 0, "lambda_out": 0, "lambda_feat": 0}, "not all 0"),
+        ({"teacher": "nope"}, "teacher: 'nope' is not a teacher in the catalogue; choose one of"),
+        ({"teacher": "tiny-small"}, "teacher: 'tiny-small' is not a teacher"),
+        ({"steps": 0}, "--steps must be at least 1, got 0"),
+        ({"steps": None}, "steps must be a number, got None"),
+        ({"lr": -1}, "learning rate (--lr) must be above 0, got -1.0"),
+        ({"lr": float("nan")}, "learning rate (--lr) must be a finite number, got nan"),
+        ({"lambda_feat": float("inf")}, "λ feature KD (--lambda-feat) must be a finite number"),
+        ({"lambda_task": 0, "lambda_out": 0, "lambda_feat": 0}, "are all 0"),
         ({"preset": "custom", "layers": "9"}, "layers"),
         ({"data_source": "upload"}, "no dataset uploaded"),
+        ({"data_source": "s3"}, "data: must be 'toy' or 'upload'"),
         ({"teacher": "sd-v1.4"}, "toy data is 32x32; the teacher asks for 512"),
     ]:
-        job_id, text = start(jobs, tiny_catalog, **overrides)
-        assert job_id is None and text.startswith("**Error:**") and message in text, (overrides, text)
+        with pytest.raises(ValueError) as error:
+            start(jobs, tiny_catalog, **overrides)
+        assert message in str(error.value), (overrides, str(error.value))
     # Uploads: not a zip, a zip without metadata, a zip of junk images.
     not_zip = tmp_path / "data.zip"
     not_zip.write_text("hello")
@@ -43,8 +49,8 @@ def test_bad_training_requests_are_refused_and_touch_nothing(tiny_catalog, tmp_p
         for i in range(3):
             archive.writestr(f"{i}.png", b"junk")
     for upload, message in [(not_zip, "not a valid zip"), (no_meta, "no metadata.jsonl"), (junk, "can't be trained on")]:
-        job_id, text = start(jobs, tiny_catalog, data_source="upload", upload=str(upload))
-        assert job_id is None and message in text, text
+        with pytest.raises(JobError, match=message):
+            start(jobs, tiny_catalog, data_source="upload", upload=str(upload))
     assert jobs.ids() == []  # no half-made job folders left behind
 
 
@@ -62,13 +68,15 @@ def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_c
     job_id, text = start(jobs, tiny_catalog, steps=4)
     assert job_id and "started" in text
     assert jobs.wait(job_id, timeout=240) == "finished", (tmp_path / "jobs" / job_id / "log.txt").read_text()
-    rows, curves, status, validation = train_status(jobs, job_id)
+    rows = job_rows(jobs, "distill")
+    curves, status, validation = job_view(jobs, job_id)
     assert rows[0][:5] == [job_id, "small from tiny-teacher, 4 steps", "finished", 4, 4]
+    assert validation.endswith("step-000004.png")  # teacher vs student on the family's validation prompts
     assert {c["term"] for c in curves} == {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"}
     assert "finished" in status and f"job-{job_id}" in status
     # A fresh manager (an app restart) reads the same state from disk.
     assert JobManager(tmp_path / "jobs").status(job_id).state == "finished"
-    catalog = with_job_students(tiny_catalog, jobs)
+    catalog = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path).current_catalog()
     entry = catalog.get(f"job-{job_id}")
     assert entry.teacher == "tiny-teacher" and entry.arch == "small"
 
@@ -83,20 +91,22 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
     while not (run / "metrics.csv").exists() or len((run / "metrics.csv").read_text().splitlines()) < 3:
         assert time.monotonic() < deadline and jobs.state(job_id)[0] == "running", jobs.state(job_id)
         time.sleep(0.2)
-    assert "cancelling" in train_cancel(jobs, job_id)
+    assert "cancelling" in jobs.cancel(job_id)
     assert jobs.wait(job_id, timeout=120) == "cancelled"
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     assert checkpoints, "a cancelled run keeps a checkpoint of where it stopped"
     stopped_at = int(checkpoints[-1].name.split("-")[1])
     assert stopped_at >= 10 and (run / "metrics.csv").exists()
-    assert "not running" in train_cancel(jobs, job_id)
+    with pytest.raises(JobError, match="not running"):
+        jobs.cancel(job_id)
     # Resume continues from the checkpoint; cancel again, and the log has no duplicated steps.
-    assert train_resume(jobs, job_id).startswith("resumed")
+    assert jobs.resume(job_id).startswith("resumed")
+    assert jobs.spec(job_id)["config"]["resume"] is True  # the runner builds its command from the stored config
     deadline = time.monotonic() + 240
     while jobs.status(job_id).step <= stopped_at:
         assert time.monotonic() < deadline and jobs.state(job_id)[0] == "running", jobs.state(job_id)
         time.sleep(0.2)
-    train_cancel(jobs, job_id)
+    jobs.cancel(job_id)
     assert jobs.wait(job_id, timeout=120) == "cancelled"
     steps = [int(float(line.split(",")[0])) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] > stopped_at
@@ -106,10 +116,11 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
 def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_path):
     from PIL import Image
 
+    from studio.ui.dreambooth import dreambooth_results, dreambooth_start
     from studio.ui.evaluate import evaluate_start, evaluate_status
-    from studio.ui.personalize import dreambooth_results, dreambooth_start
 
-    jobs = JobManager(tmp_path / "jobs")
+    studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
+    jobs = studio.jobs
     photos = []
     for i in range(2):
         photos.append(tmp_path / f"upload-{i}.jpg")
@@ -120,13 +131,13 @@ def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
     eval_id, message = evaluate_start(jobs, tiny_catalog, ["tiny-teacher", "tiny-small"], str(prompts), 2,
-                                      ["--steps", "2"])
+                                      steps=2)
     assert eval_id, message
     for job_id in ids + [eval_id]:
         assert jobs.wait(job_id, timeout=300) == "finished", (tmp_path / "jobs" / job_id / "log.txt").read_text()
     # The uploads were copied into each job under names the studio chose.
     assert sorted(p.name for p in (jobs.folder(ids[0]) / "photos").iterdir()) == ["photo-00.png", "photo-01.png"]
-    items, readout = dreambooth_results(jobs, tiny_catalog, ids, "a sks cat", 0, 2, 2.0)
+    items, readout = dreambooth_results(studio, ids, "a sks cat", 0, 2, 2.0)
     assert len(items) == 2 and "| tiny-small |" in readout and "MB" in readout
     text, plot = evaluate_status(jobs, eval_id)
     assert "finished, 4 of 4 images" in text and "| tiny-small |" in text and plot is not None
@@ -143,7 +154,7 @@ def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
     config = DreamBoothConfig(model=str(tiny_pipeline_dir), photos=str(photos), instance_prompt="a sks cat",
                               class_prompt="a cat", out=str(tmp_path / "out"), steps=2, class_images=1,
                               sample_steps=2, train_text_encoder=True, lr=1e-2)
-    out = dreambooth(config, progress=False)
+    out = dreambooth(config)
     from safetensors.torch import load_file
 
     keys = load_file(out / "lora" / "pytorch_lora_weights.safetensors")

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from studio.jobs import JobManager
-from studio.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
+from studio.personalization.config import DreamBoothConfig
+from studio.personalization.dreambooth import dreambooth, load_personalized
 from studio.personalization.photos import PhotoError, PhotoLimits, check_photos, import_photos
-from studio.ui.personalize import dreambooth_start, prompts
+from studio.ui.dreambooth import dreambooth_start, prompts
 
 
 def save(image: Image.Image, path, **kwargs):
@@ -69,7 +70,7 @@ def test_prompts_from_identifier_and_class():
     assert prompts("sks", "dog") == ("a sks dog", "a dog")
     with pytest.raises(ValueError, match="one rare word"):
         prompts("s k s", "dog")
-    with pytest.raises(ValueError, match="class is empty"):
+    with pytest.raises(ValueError, match="class: empty"):
         prompts("sks", " ")
 
 
@@ -92,7 +93,7 @@ def config(tiny_pipeline_dir, tmp_path, **overrides):
 def test_lora_run_saves_diffusers_lora_that_changes_the_model(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    out = dreambooth(config(tiny_pipeline_dir, tmp_path, lr=1e-2), progress=False)
+    out = dreambooth(config(tiny_pipeline_dir, tmp_path, lr=1e-2))
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert sorted(p.name for p in (out / "class_images").glob("*.png")) == ["class-0000.png", "class-0001.png"]
     assert len(list((out / "instance").glob("photo-*.png"))) == 3
@@ -101,7 +102,7 @@ def test_lora_run_saves_diffusers_lora_that_changes_the_model(tiny_pipeline_dir,
     assert list(rows[0]) == ["step", "loss_total", "loss_instance", "loss_prior", "lr", "seconds"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     card = json.loads((out / "card.json").read_text())
-    assert card["mode"] == "lora" and card["peak_memory_mb"] > 0 and card["memory_kind"] == "process peak RSS"
+    assert card["result"]["mode"] == "lora" and card["peak_memory_mb"] > 0 and card["memory_kind"] == "process peak RSS"
     # LoRA on to_q/to_v only, rank 16.
     assert 0 < card["trainable_params"] < 0.5 * sum(p.numel() for p in
                                                     StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet.parameters())
@@ -112,25 +113,33 @@ def test_lora_run_saves_diffusers_lora_that_changes_the_model(tiny_pipeline_dir,
     b = tuned(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(a - b).max() > 1e-4  # the LoRA weights loaded and matter
     with pytest.raises(ValueError, match="already holds a run"):
-        dreambooth(config(tiny_pipeline_dir, tmp_path / "again", out=str(out)), progress=False)
+        dreambooth(config(tiny_pipeline_dir, tmp_path / "again", out=str(out)))
 
 
 def test_resume_and_full_finetuning(tiny_pipeline_dir, tmp_path):
-    first = config(tiny_pipeline_dir, tmp_path, steps=2, lora=False)
-    dreambooth(first, progress=False)
-    resumed = config(tiny_pipeline_dir, tmp_path / "x", out=first.out, photos=first.photos, steps=4, lora=False,
+    first = config(tiny_pipeline_dir, tmp_path, steps=2, mode="full")
+    dreambooth(first)
+    resumed = config(tiny_pipeline_dir, tmp_path / "x", out=first.out, photos=first.photos, steps=4, mode="full",
                      resume=True)
-    out = dreambooth(resumed, progress=False)
+    out = dreambooth(resumed)
     with open(out / "metrics.csv") as file:
         assert [int(r["step"]) for r in csv.DictReader(file)] == [1, 2, 3, 4]
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert json.loads((out / "card.json").read_text())["mode"] == "full"
+    assert json.loads((out / "card.json").read_text())["result"]["mode"] == "full"
 
 
 def test_dreambooth_start_checks_photos_before_making_jobs(tiny_catalog, tmp_path):
     jobs = JobManager(tmp_path / "jobs")
     small = save(Image.new("RGB", (8, 8)), tmp_path / "tiny.png")
-    ids, message = dreambooth_start(jobs, tiny_catalog, [str(small)], "sks", "cat", ["tiny-teacher"], 4)
-    assert ids == [] and "tiny.png: 8x8, smaller than 32" in message and jobs.ids() == []
-    ids, message = dreambooth_start(jobs, tiny_catalog, [str(small)], "sks", "cat", [], 4)
-    assert ids == [] and "no model chosen" in message
+    with pytest.raises(PhotoError, match="tiny.png: 8x8, smaller than 32"):
+        dreambooth_start(jobs, tiny_catalog, [str(small)], "sks", "cat", ["tiny-teacher"], 4)
+    assert jobs.ids() == []
+    for models, steps, class_images, message in [
+        ([], 4, 1, "models: none chosen"),
+        (["tiny-teacher"], 0, 1, r"steps must be at least 1, got 0"),
+        (["tiny-teacher"], 4, -1, r"class images \(--class-images\) must be at least 0, got -1"),
+        (["tiny-teacher"], None, 1, "steps must be a number, got None"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            dreambooth_start(jobs, tiny_catalog, [str(small)], "sks", "cat", models, steps, class_images=class_images)
+    assert jobs.ids() == []

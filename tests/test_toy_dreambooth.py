@@ -16,7 +16,7 @@ def test_the_identifier_brings_the_new_color_and_the_class_prompt_keeps_its_colo
     config = DreamBoothConfig(model="toy-teacher", photos=str(photos), instance_prompt=INSTANCE_PROMPT,
                               class_prompt=CLASS_PROMPT, out=str(tmp_path / "out"), steps=STEPS, lr=LR,
                               class_images=CLASS_IMAGES, guidance=DEFAULT_GUIDANCE, checkpoint_every=STEPS)
-    out = dreambooth(config, progress=False)
+    out = dreambooth(config)
     after = judge_prompts(load_personalized("toy-teacher", out), 20, DEFAULT_GUIDANCE)
     assert after["instance"]["orange"] >= 0.5, after
     assert after["class"]["orange"] <= 0.2 and after["class"]["circle"] >= 0.5, after

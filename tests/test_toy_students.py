@@ -9,7 +9,8 @@ import pytest
 from studio.catalog import load_catalog
 from studio.loading import load_pipeline
 from studio.evaluation.metrics import psnr
-from studio.toy.evaluate import judge_accuracy, prompt_set_images
+from studio.toy.evaluate import prompt_set_images
+from studio.toy.judge import judge_accuracy
 
 TOY = Path(__file__).resolve().parent.parent / "assets" / "toy"
 ARCHS = ("base", "small", "tiny")
@@ -19,7 +20,8 @@ ARCHS = ("base", "small", "tiny")
 def test_each_student_ships_with_card_and_metrics(arch):
     folder = TOY / f"bk-{arch}"
     card = json.loads((folder / "card.json").read_text())
-    assert card["teacher"] == "toy-teacher" and card["arch"] == arch and card["steps"] >= 100
+    assert card["kind"] == "distill" and card["steps"] >= 100
+    assert card["result"] == {"teacher": "toy-teacher", "arch": arch} and card["config"]["arch"] == arch
     header = (folder / "metrics.csv").read_text().splitlines()[0]
     assert header == "step,loss_total,loss_task,loss_out_kd,loss_feat_kd,lr,seconds"
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()

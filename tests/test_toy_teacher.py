@@ -53,14 +53,14 @@ def test_follows_its_prompts():
 def test_the_judge_reads_the_teachers_vae_reconstructions():
     """Labelled data through the shipped VAE: the judge must still read shapes (a guard on both)."""
     from studio.toy.data import batch_tensors
-    from studio.toy.evaluate import judge_accuracy
-    from PIL import Image
+    from studio.images import from_tensor
+    from studio.toy.judge import judge_accuracy
 
     vae = load_pipeline("toy-teacher").vae
     images, captions = batch_tensors(range(50_000, 50_300), seed=0)
     with torch.no_grad():
         decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
-    pictures = [Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for x in decoded]
+    pictures = [from_tensor(x) for x in decoded]
     targets = [(c.split()[2], c.split()[1], c.split()[5]) for c in captions]
     accuracy = judge_accuracy(targets, pictures)
     assert accuracy["shape"] >= 0.95 and accuracy["color"] >= 0.98, accuracy

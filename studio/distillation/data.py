@@ -1,4 +1,8 @@
-"""Image-caption data for distillation: imagefolder layout, or the toy world's generator.
+"""Image-caption data for distillation: an imagefolder, or a data source registered by name.
+
+A registered source (the toy world registers "toy") is a factory
+`factory(resolution)` returning an object with `batch(size, rng)` and
+`skipped`; the trainer knows sources only by name.
 
 An imagefolder is a folder with `metadata.jsonl`, one JSON object per line
 with `file_name` and `text` (the Hugging Face imagefolder layout). It is
@@ -11,30 +15,18 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
+from typing import Callable
+
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from studio.images import square, to_tensor
 
 MAX_BAD_FRACTION = 0.1
 
 
 class DataError(ValueError):
     """A data source that can't be trained on."""
-
-
-def image_to_tensor(image: Image.Image, resolution: int, flip: bool) -> torch.Tensor:
-    """RGB, resized and center-cropped to a square, optionally flipped, in [-1, 1] (C, H, W)."""
-    image = image.convert("RGB")
-    scale = resolution / min(image.size)
-    if scale != 1:
-        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    return torch.from_numpy(array)
 
 
 class ImageFolderData:
@@ -85,30 +77,23 @@ class ImageFolderData:
 
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         rows = [self.rows[rng.randrange(len(self.rows))] for _ in range(size)]
-        images = [image_to_tensor(Image.open(r["path"]), self.resolution, rng.random() < 0.5) for r in rows]
+        images = []
+        for row in rows:
+            with Image.open(row["path"]) as image:
+                images.append(to_tensor(square(image, self.resolution), flip=rng.random() < 0.5))
         return torch.stack(images), [r["text"] for r in rows]
 
 
-class ToyData:
-    """The toy world's procedural shapes, drawn on the fly."""
+DATA_SOURCES: dict[str, Callable] = {}
 
-    skipped: list[str] = []
 
-    def __init__(self, resolution: int):
-        from studio.toy.data import SIZE
-
-        if resolution != SIZE:
-            raise DataError(f"toy data is {SIZE}x{SIZE}; the teacher asks for {resolution}")
-        self.resolution = resolution
-
-    def __len__(self) -> int:
-        return 2**31
-
-    def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        from studio.toy.data import batch_tensors
-
-        return batch_tensors([rng.randrange(2**31) for _ in range(size)], seed=0)
+def register_data_source(name: str, factory: Callable) -> None:
+    """Make `--data NAME` mean `factory(resolution)`."""
+    DATA_SOURCES[name] = factory
 
 
 def open_data(source: str, resolution: int):
-    return ToyData(resolution) if source == "toy" else ImageFolderData(source, resolution)
+    """A registered source by name, or an imagefolder path; checked before any training."""
+    if source in DATA_SOURCES:
+        return DATA_SOURCES[source](resolution)
+    return ImageFolderData(source, resolution)

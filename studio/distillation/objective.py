@@ -11,19 +11,12 @@ with student `down_blocks.2.attentions.0.proj_out`, as in the paper.
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from studio.compression import CompressionPlan
-
-
-@dataclass(frozen=True)
-class KDWeights:
-    task: float = 1.0
-    out: float = 1.0
-    feat: float = 1.0
+from studio.distillation.config import KDWeights
 
 
 def _stage_layers(config: dict, stage: int) -> int:

@@ -1,1 +1,1 @@
-"""Evaluation: CLIP score, FID, IS, teacher-student fidelity and the toy judge, with the paper's protocol."""
+"""Evaluation: CLIP score, FID, IS, teacher-student fidelity and a family's judge, with the paper's protocol."""

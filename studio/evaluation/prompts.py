@@ -3,10 +3,6 @@
 import csv
 from pathlib import Path
 
-from studio.catalog import PROJECT_ROOT
-
-TOY_PROMPTS = PROJECT_ROOT / "assets" / "toy" / "prompts.txt"
-
 
 def read_prompts(path: Path | str) -> list[str]:
     path = Path(path)

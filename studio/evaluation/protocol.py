@@ -10,65 +10,42 @@ images a full run would; images already on disk are not redone.
 
 import csv
 import json
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from statistics import median
 
 from PIL import Image
 
 from studio.catalog import Catalog, load_catalog
+from studio.evaluation.config import EvalConfig
+from studio.evaluation.judges import get_judge
 from studio.evaluation.metrics import ClipScorer, MetricUnavailable, fid_and_is, psnr, resize_for_metrics
-from studio.evaluation.prompts import TOY_PROMPTS, read_prompts
+from studio.evaluation.prompts import read_prompts
 from studio.generation import PipelineCache, Settings, run_model
+from studio.progress import Callback, report
+from studio.training import derive_seed
 
 COLUMNS = ["model", "role", "arch", "n", "clip_score", "fid", "is", "fidelity_psnr", "fidelity_clip",
            "judge_accuracy", "latency_s", "unet_step_s", "macs_paper", "unet_params"]
-TOY_CAPTION = re.compile(r"^a (\w+) (circle|square|triangle) on a (\w+) background$")
-
-
-@dataclass
-class EvalConfig:
-    models: list[str]
-    out: str
-    prompts: str | None = None  # default: the toy prompt set for toy models
-    n: int = 90
-    steps: int = 25
-    scheduler: str = "PNDM"
-    guidance: float | None = None  # default: 7.5, or the toy world's 1.5 for toy models
-    seed: int = 0
-    resolution: int | None = None  # default: the model's native size (512 for SD-v1)
-    metric_size: int = 256
-    clip_model: str = "ViT-g-14"
-    clip_pretrained: str | None = "laion2b_s34b_b88k"
-    clip_weights: str | None = None
-    inception_weights: str | None = None
-    real: str | None = None  # a folder of real images for FID
-    device: str = "cpu"
-
-
-def image_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
 
 
 def _defaults(config: EvalConfig, catalog: Catalog) -> EvalConfig:
-    toy = all(catalog.get(m).family == "toy" for m in config.models)
-    if not config.models:
-        raise ValueError("no models given; --models takes catalogue names separated by commas")
+    """Fill unset prompts and guidance from the models' family (they must share one to use its defaults)."""
+    config.check()
+    families = {catalog.get(m).family for m in config.models}
+    family = catalog.family(families.pop()) if len(families) == 1 else None
     if config.prompts is None:
-        if not toy:
-            raise ValueError("--prompts is needed for non-toy models (a BK-SDM metadata.csv or one prompt per line)")
-        config.prompts = str(TOY_PROMPTS)
+        if family is None or family.prompt_set_path is None:
+            raise ValueError("--prompts is needed (a BK-SDM metadata.csv or one prompt per line): these models' "
+                             "family has no prompt set of its own")
+        config.prompts = str(family.prompt_set_path)
     if config.guidance is None:
-        from studio.toy.evaluate import DEFAULT_GUIDANCE
-
-        config.guidance = DEFAULT_GUIDANCE if toy else 7.5
-    if config.n < 1:
-        raise ValueError(f"--n must be at least 1, got {config.n}")
+        config.guidance = family.guidance if family else 7.5
     return config
 
 
-def generate_images(cache: PipelineCache, model: str, prompts: list[str], config: EvalConfig, callback=None) -> dict:
+def generate_images(cache: PipelineCache, model: str, prompts: list[str], config: EvalConfig,
+                    callback: Callback | None = None) -> dict:
     """Make the missing images of one model; returns its timing record (kept across resumes)."""
     folder = Path(config.out) / "images" / model
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +55,7 @@ def generate_images(cache: PipelineCache, model: str, prompts: list[str], config
         path = folder / f"{index:05d}.png"
         if path.exists():
             continue
-        settings = Settings(prompt, seed=image_seed(config.seed, index), steps=config.steps, guidance=config.guidance,
+        settings = Settings(prompt, seed=derive_seed(config.seed, index), steps=config.steps, guidance=config.guidance,
                             scheduler=config.scheduler, resolution=config.resolution)
         result = run_model(cache, model, settings)
         result.image.save(path.with_suffix(".tmp.png"))
@@ -87,8 +64,7 @@ def generate_images(cache: PipelineCache, model: str, prompts: list[str], config
         timings["unet_step"].append(result.unet_step_seconds)
         timings.update(macs_paper=result.macs_paper, unet_params=result.unet_params, resolution=result.resolution)
         timing_path.write_text(json.dumps(timings))
-        if callback:
-            callback({"model": model, "index": index + 1, "total": len(prompts)})
+        report(callback, "evaluate", index + 1, len(prompts), model=model)
     if "macs_paper" not in timings:  # every image existed but the record was lost: measure once
         macs, _ = cache.macs(model, config.resolution or _native(cache, model))
         timings.update(macs_paper=macs, unet_params=sum(p.numel() for p in cache.get(model).unet.parameters()))
@@ -100,18 +76,15 @@ def _native(cache, model) -> int:
     return pipeline.unet.config.sample_size * pipeline.vae_scale_factor
 
 
-def _judge_accuracy(images, prompts) -> float | None:
-    """All-three-right accuracy for toy captions; None when a prompt is not a toy caption."""
-    from studio.toy.evaluate import judge_accuracy
-
-    matches = [TOY_CAPTION.match(p) for p in prompts]
-    if not all(matches):
+def _judge_accuracy(judge_name: str, images, prompts, notes: list[str]) -> float | None:
+    try:
+        return get_judge(judge_name)(prompts, images)
+    except KeyError as error:
+        notes.append(f"judge_accuracy: not computed: {error.args[0]}")
         return None
-    targets = [(m.group(2), m.group(1), m.group(3)) for m in matches]  # (shape, color, background)
-    return judge_accuracy(targets, images)["all"]
 
 
-def evaluate(config: EvalConfig, catalog: Catalog | None = None, callback=None) -> list[dict]:
+def evaluate(config: EvalConfig, catalog: Catalog | None = None, callback: Callback | None = None) -> list[dict]:
     catalog = catalog or load_catalog()
     config = _defaults(config, catalog)
     out = Path(config.out)
@@ -164,8 +137,9 @@ def evaluate(config: EvalConfig, catalog: Catalog | None = None, callback=None) 
             row["fidelity_psnr"] = sum(psnr(a, b) for a, b in pairs) / len(pairs)
             if clip is not None:
                 row["fidelity_clip"] = clip.image_similarity(metric_images[teacher], metric_images[model])
-        if entry.family == "toy":
-            row["judge_accuracy"] = _judge_accuracy(images[model], prompts)
+        judge = catalog.family(entry.family).judge
+        if judge:
+            row["judge_accuracy"] = _judge_accuracy(judge, images[model], prompts, notes)
         rows.append(row)
     write_results(rows, notes, config, teacher)
     return rows
@@ -193,7 +167,7 @@ def write_results(rows: list[dict], notes: list[str], config: EvalConfig, teache
             writer.writerow({k: _format(row.get(k)) for k in COLUMNS})
     lines = [f"# Evaluation: {', '.join(config.models)}", "",
              f"{config.n} prompts from {config.prompts}; {config.steps} {config.scheduler} steps, guidance "
-             f"{config.guidance}, image i seeded with {config.seed}*1000003+i; metrics at "
+             f"{config.guidance}, image i seeded with derive_seed({config.seed}, i); metrics at "
              f"{config.metric_size}px or the images' own size if smaller. Fidelity is against {teacher or '-'} "
              "on the same prompts and seeds. Latency: median seconds per image on "
              f"{config.device} (model warm, loading excluded).", "",

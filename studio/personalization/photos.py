@@ -9,7 +9,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from studio.images import square
 
 FORMATS = {"JPEG", "PNG", "WEBP", "HEIF"}  # HEIF (HEIC) only where pillow-heif is installed
 MIN_PHOTOS, MAX_PHOTOS = 1, 50
@@ -79,17 +81,6 @@ def check_photos(paths: list[Path | str], limits: PhotoLimits) -> None:
         raise PhotoError("the upload was rejected; nothing was changed:\n- " + "\n- ".join(problems))
 
 
-def normalize(image: Image.Image, resolution: int) -> Image.Image:
-    """EXIF orientation applied, RGB, center-cropped to a square of `resolution` pixels."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)  # transparent areas become white, not black
-    image = image.convert("RGB")
-    return ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
-
-
 def import_photos(paths: list[Path | str], dest: Path, resolution: int, limits: PhotoLimits | None = None) -> list[Path]:
     """Check every upload, then write them normalized as dest/photo-NN.png; returns the new paths."""
     limits = limits or PhotoLimits(min_side=resolution)
@@ -99,6 +90,6 @@ def import_photos(paths: list[Path | str], dest: Path, resolution: int, limits: 
     for number, path in enumerate(paths):
         with Image.open(path) as image:
             target = dest / f"photo-{number:02d}.png"
-            normalize(image, resolution).save(target)
+            square(image, resolution).save(target)
             saved.append(target)
     return saved

@@ -98,3 +98,22 @@ def export_imagefolder(n: int, out: "str | Path", seed: int = 0) -> Path:
             image.save(out / name)
             metadata.write(json.dumps({"file_name": name, "text": text}) + "\n")
     return out
+
+
+class ToyData:
+    """The toy world as a distillation data source ("--data toy"): shapes drawn on the fly."""
+
+    skipped: list[str] = []
+
+    def __init__(self, resolution: int):
+        from studio.distillation.data import DataError
+
+        if resolution != SIZE:
+            raise DataError(f"toy data is {SIZE}x{SIZE}; the teacher asks for {resolution}")
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return 2**31
+
+    def batch(self, size: int, rng):
+        return batch_tensors([rng.randrange(2**31) for _ in range(size)], seed=0)

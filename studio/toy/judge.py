@@ -7,6 +7,7 @@ nearest their median, and its kind follows from how much of its bounding box
 it fills (square ~1.0, circle ~pi/4, triangle ~0.5).
 """
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,3 +80,28 @@ def judge(image: Image.Image, palette: Palette = TOY_PALETTE) -> Verdict:
     fill = mask.sum() / box_area
     shape = "triangle" if fill < 0.64 else "circle" if fill < 0.89 else "square"
     return Verdict(shape, color, background)
+
+
+def judge_accuracy(targets, images, palette: Palette = TOY_PALETTE) -> dict:
+    """Accuracies in [0, 1] of "color", "shape", "background" and "all" (all three right) over (shape, color,
+    background) targets."""
+    hits = {"color": 0, "shape": 0, "background": 0, "all": 0}
+    for (shape, color, background), image in zip(targets, images):
+        verdict = judge(image, palette)
+        right = {"shape": verdict.shape == shape, "color": verdict.color == color,
+                 "background": verdict.background == background}
+        for key, ok in right.items():
+            hits[key] += ok
+        hits["all"] += all(right.values())
+    return {key: count / len(targets) for key, count in hits.items()}
+
+
+TOY_CAPTION = re.compile(r"^a (\w+) (circle|square|triangle) on a (\w+) background$")
+
+
+def caption_accuracy(prompts: list[str], images) -> float | None:
+    """The toy judge as the evaluation protocol calls it: all-three-right accuracy, None for non-toy captions."""
+    matches = [TOY_CAPTION.match(p) for p in prompts]
+    if not all(matches):
+        return None
+    return judge_accuracy([(m.group(2), m.group(1), m.group(3)) for m in matches], images)["all"]

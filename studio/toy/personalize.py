@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from studio.catalog import PROJECT_ROOT
+from studio.generation import sample
+from studio.options import to_argv
+from studio.personalization.config import DreamBoothConfig
 from studio.toy.data import COLORS, SIZE, ShapeSample, render
 from studio.toy.judge import Palette, judge
+from studio.training import derive_seed
 
 SUBJECT_RGB = (250, 140, 20)
 PALETTE_WITH_SUBJECT = Palette({**COLORS, "orange": SUBJECT_RGB})
@@ -44,13 +47,11 @@ def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
     return paths
 
 
-@torch.inference_mode()
 def judge_prompts(pipeline, n: int, guidance: float, steps: int = 25, seed: int = 1000) -> dict:
     """Share of orange (the subject's color) and of circles among n images, for each prompt."""
     report = {}
     for label, prompt in (("instance", INSTANCE_PROMPT), ("class", CLASS_PROMPT)):
-        images = pipeline([prompt] * n, num_inference_steps=steps, guidance_scale=guidance,
-                          generator=torch.Generator().manual_seed(seed)).images
+        images = sample(pipeline, [prompt] * n, [derive_seed(seed, i) for i in range(n)], steps, guidance)
         verdicts = [judge(image, PALETTE_WITH_SUBJECT) for image in images]
         report[label] = {"orange": sum(v.color == "orange" for v in verdicts) / n,
                          "circle": sum(v.shape == "circle" for v in verdicts) / n}
@@ -61,14 +62,12 @@ def run_dreambooth_process(model: str, photos: Path, out: Path, steps: int, clas
                            guidance: float) -> dict:
     """`python -m studio dreambooth` in a subprocess (its own peak memory); returns its card."""
     if not (out / "card.json").exists():
-        argv = [sys.executable, "-m", "studio", "dreambooth", "--model", model, "--photos", str(photos),
-                "--instance-prompt", INSTANCE_PROMPT, "--class-prompt", CLASS_PROMPT, "--out", str(out),
-                "--steps", str(steps), "--class-images", str(class_images), "--lr", str(lr),
-                "--guidance", str(guidance), "--checkpoint-every", str(max(1, steps // 2)),
-                "--validation-prompt", INSTANCE_PROMPT, "--validation-prompt", CLASS_PROMPT]
-        if (out / "metrics.csv").exists():
-            argv.append("--resume")
-        subprocess.run(argv, check=True, cwd=PROJECT_ROOT)
+        config = DreamBoothConfig(
+            model=model, photos=str(photos), instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT,
+            out=str(out), steps=steps, class_images=class_images, lr=lr, guidance=guidance,
+            checkpoint_every=max(1, steps // 2), validation_prompts=(INSTANCE_PROMPT, CLASS_PROMPT),
+            resume=(out / "metrics.csv").exists())
+        subprocess.run([sys.executable, "-m", "studio", "dreambooth", *to_argv(config)], check=True, cwd=PROJECT_ROOT)
     return json.loads((out / "card.json").read_text())
 
 

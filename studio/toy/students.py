@@ -16,28 +16,25 @@ import numpy as np
 import torch
 
 from studio.catalog import PROJECT_ROOT
-from studio.distillation.objective import KDWeights
-from studio.distillation.train import DistillConfig, distill
-from studio.toy.evaluate import DEFAULT_GUIDANCE
+from studio.distillation.config import DistillConfig
+from studio.distillation.train import distill
+from studio.loading import load_pipeline, load_unet, share_components
+from studio.toy.evaluate import DEFAULT_GUIDANCE, FAMILY
 
 ASSETS = PROJECT_ROOT / "assets" / "toy"
-VALIDATION_PROMPTS = (
-    "a red circle on a blue background", "a yellow square on a purple background",
-    "a white triangle on a green background", "a blue square on a yellow background",
-)
-# (row label, run folder, loss weights, initialisation); "small" doubles as the full-KD row.
+# (row label, run folder, loss weights (task, output KD, feature KD), initialisation); "small" doubles as full KD.
 ABLATION = (
-    ("task loss only", "small-task", KDWeights(task=1.0, out=0.0, feat=0.0), "teacher"),
-    ("task + output KD", "small-task-out", KDWeights(task=1.0, out=1.0, feat=0.0), "teacher"),
-    ("task + output KD + feature KD", "small", KDWeights(), "teacher"),
-    ("task + output KD + feature KD, random init", "small-random", KDWeights(), "random"),
+    ("task loss only", "small-task", (1.0, 0.0, 0.0), "teacher"),
+    ("task + output KD", "small-task-out", (1.0, 1.0, 0.0), "teacher"),
+    ("task + output KD + feature KD", "small", (1.0, 1.0, 1.0), "teacher"),
+    ("task + output KD + feature KD, random init", "small-random", (1.0, 1.0, 1.0), "random"),
 )
 
 
 def toy_config(arch: str, work: Path, steps: int, batch_size: int, lr: float) -> DistillConfig:
     return DistillConfig(
         teacher="toy-teacher", arch=arch, data="toy", out=str(work / arch), steps=steps, batch_size=batch_size,
-        lr=lr, checkpoint_every=max(1, steps // 4), log_every=10, validation_prompts=VALIDATION_PROMPTS,
+        lr=lr, checkpoint_every=max(1, steps // 4), log_every=10, validation_prompts=FAMILY.validation_prompts,
         validation_guidance=DEFAULT_GUIDANCE,
     )
 
@@ -47,20 +44,18 @@ def run_once(config: DistillConfig) -> Path:
     out = Path(config.out)
     card = out / "card.json"
     if card.exists():
-        done = json.loads(card.read_text())
-        same = {"steps": config.steps, "init": config.init, "weights": vars(config.weights), "data": config.data}
-        if all(done.get(key) == value for key, value in same.items()):
+        done = json.loads(card.read_text())["config"]
+        keys = ("steps", "init", "lambda_task", "lambda_out", "lambda_feat", "data")
+        if all(done.get(key) == getattr(config, key) for key in keys):
             print(f"reusing finished run {out}")
             return out
     return distill(replace(config, resume=(out / "metrics.csv").exists()))
 
 
 def export_student(run: Path, dest: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
     if dest.exists():
         shutil.rmtree(dest)
-    UNet2DConditionModel.from_pretrained(run / "unet").to(torch.float16).save_pretrained(
+    load_unet(str(run / "unet")).to(torch.float16).save_pretrained(
         dest / "unet", safe_serialization=True
     )
     for name in ("card.json", "metrics.csv", "config.json"):
@@ -79,24 +74,22 @@ def distill_toy_students(steps: int, batch_size: int, lr: float, work: Path,
 
 
 def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, report: Path) -> list[dict]:
-    from diffusers import UNet2DConditionModel
-
-    from studio.loading import load_pipeline, share_components
     from studio.evaluation.metrics import psnr
-    from studio.toy.evaluate import judge_accuracy, prompt_set_images
+    from studio.toy.evaluate import prompt_set_images
+    from studio.toy.judge import judge_accuracy
 
     teacher = load_pipeline("toy-teacher")
     _, teacher_images = prompt_set_images(teacher, n)
     rows = []
     for label, folder, weights, init in ABLATION:
-        config = replace(toy_config("small", work, steps, batch_size, lr), out=str(work / folder),
-                         weights=weights, init=init)
+        config = replace(toy_config("small", work, steps, batch_size, lr), out=str(work / folder), init=init,
+                         lambda_task=weights[0], lambda_out=weights[1], lambda_feat=weights[2])
         run = run_once(config)
-        student = share_components(teacher, UNet2DConditionModel.from_pretrained(run / "unet"))
+        student = share_components(teacher, load_unet(str(run / "unet")))
         targets, images = prompt_set_images(student, n)
         accuracy = judge_accuracy(targets, images)
         fidelity = float(np.mean([psnr(a, b) for a, b in zip(teacher_images, images)]))
-        rows.append({"variant": label, "init": init, **{f"weight_{k}": v for k, v in vars(weights).items()},
+        rows.append({"variant": label, "init": init, **dict(zip(("weight_task", "weight_out", "weight_feat"), weights)),
                      "judge_all": accuracy["all"], "judge_color": accuracy["color"],
                      "judge_shape": accuracy["shape"], "psnr_to_teacher": fidelity})
     teacher_accuracy = judge_accuracy(*prompt_set_images(teacher, n))

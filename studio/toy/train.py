@@ -5,11 +5,9 @@ StableDiffusionPipeline folder (safetensors; U-Net and VAE in fp16, the tiny tex
 encoder in fp32) with the loss log and a card.
 """
 
-import csv
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from tqdm import tqdm
 
 from studio.toy.data import batch_tensors
 from studio.toy.world import SCHEDULE, build_components
+from studio.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 
 
 @dataclass
@@ -43,21 +42,23 @@ class ToyTrainConfig:
     max_minutes: float = 30.0
 
 
-class LossLog:
-    """CSV rows of (stage, step, loss, lr, seconds), flushed as written so a plot can tail it."""
+METRICS = ["step", "loss_total", "loss_vae_recon", "loss_denoise", "lr", "seconds"]
+
+
+class StageLog:
+    """metrics.csv in the studio's run format (studio/training.py), one step count across both stages, so the
+    app's loss plot reads it like any run's: loss_vae_recon while the VAE trains, loss_denoise after."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "w", newline="")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(["stage", "step", "loss", "lr", "seconds"])
+        self.log = MetricsLog(path, 0, METRICS)
         self.start = time.perf_counter()
 
-    def write(self, stage: str, step: int, loss: float, lr: float) -> None:
-        self.writer.writerow([stage, step, f"{loss:.6f}", f"{lr:.3g}", f"{time.perf_counter() - self.start:.1f}"])
-        self.file.flush()
+    def write(self, step: int, term: str, loss: float, lr: float) -> None:
+        self.log.write({"step": step, "loss_total": loss, term: loss, "lr": lr,
+                        "seconds": round(time.perf_counter() - self.start, 1)})
 
     def close(self) -> None:
-        self.file.close()
+        self.log.close()
 
 
 def _cosine(step: int, total: int, warmup: int = 100) -> float:
@@ -67,7 +68,7 @@ def _cosine(step: int, total: int, warmup: int = 100) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_vae(vae, images, config: ToyTrainConfig, log: LossLog, generator) -> float:
+def train_vae(vae, images, config: ToyTrainConfig, log: StageLog, generator) -> float:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     vae.train()
     bar = tqdm(range(config.vae_steps), desc="VAE", unit="step")
@@ -80,8 +81,9 @@ def train_vae(vae, images, config: ToyTrainConfig, log: LossLog, generator) -> f
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % config.log_every == 0 or step == config.vae_steps - 1:
-            log.write("vae", step, recon_loss.item(), config.vae_lr)
+        check_finite({"loss_total": loss}, step, Path(config.out))
+        if due(step + 1, config.log_every, config.vae_steps):
+            log.write(step + 1, "loss_vae_recon", recon_loss.item(), config.vae_lr)
             bar.set_postfix(mse=f"{recon_loss.item():.4f}")
     vae.eval()
     return recon_loss.item()
@@ -106,9 +108,8 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log
 
     scheduler = DDPMScheduler(**SCHEDULE, prediction_type=config.prediction_type)
     mean, std, scale = latents
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    empty = tokenize(tokenizer, [""])
+    ids = tokenize(tokenizer, captions)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, config.unet_steps))
@@ -119,27 +120,24 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log
     for step in bar:
         if time.perf_counter() > deadline:
             print(f"time budget reached: stopping the U-Net stage after {step} of {config.unet_steps} steps", flush=True)
-            log.write("teacher-stopped-at-budget", step, last_loss, lr_schedule.get_last_lr()[0])
             break
         index = torch.randint(len(mean), (config.batch_size,), generator=generator)
         z = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scale
         batch_ids = ids[index].clone()
         drop = torch.rand(len(index), generator=generator) < config.caption_dropout
         batch_ids[drop] = empty
-        noise = torch.randn(z.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=generator)
-        noisy = scheduler.add_noise(z, noise, timesteps)
+        noisy, timesteps, target = noisy_inputs(scheduler, z, generator)
         context = text_encoder(batch_ids)[0]
-        target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, target)
+        check_finite({"loss_total": loss}, step, Path(config.out))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_schedule.step()
         last_loss = loss.item()
-        if step % config.log_every == 0 or step == config.unet_steps - 1:
-            log.write("teacher", step, loss.item(), lr_schedule.get_last_lr()[0])
+        if due(step + 1, config.log_every, config.unet_steps):
+            log.write(config.vae_steps + step + 1, "loss_denoise", loss.item(), lr_schedule.get_last_lr()[0])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     else:
         step = config.unet_steps
@@ -159,7 +157,7 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     print(f"rendering {config.dataset_size} training images ...", flush=True)
     images, captions = batch_tensors(range(config.dataset_size), config.seed)
     tokenizer, text_encoder, vae, unet = build_components(out)
-    log = LossLog(out / "train_log.csv")
+    log = StageLog(out / "metrics.csv")
     try:
         vae_mse = train_vae(vae, images, config, log, generator)
         latents = encode_dataset(vae, images)
@@ -181,12 +179,10 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     unet.to(torch.float16)
     vae.to(torch.float16)
     pipeline.save_pretrained(out, safe_serialization=True)
-    card = {
-        "model": "toy-teacher", "data": "studio.toy.data procedural shapes, 32x32",
-        "config": asdict(config), "vae_reconstruction_mse": vae_mse, "final_denoising_loss": final_loss, "unet_steps_done": steps_done,
-        "vae_scaling_factor": latents[2], "train_seconds": round(time.perf_counter() - start, 1),
-        "threads": torch.get_num_threads(),
-    }
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    card = write_card(out, "toy-teacher", config, config.vae_steps + steps_done,
+                      {"loss_vae_recon": vae_mse, "loss_denoise": final_loss}, time.perf_counter() - start,
+                      sum(p.numel() for part in (vae, text_encoder, unet) for p in part.parameters()),
+                      data="studio.toy.data procedural shapes, 32x32", unet_steps_done=steps_done,
+                      vae_scaling_factor=latents[2], threads=torch.get_num_threads())
     print(f"wrote the toy teacher to {out} in {card['train_seconds']:.0f}s", flush=True)
     return out

@@ -1,45 +1,40 @@
-"""Handlers of the Evaluate tab: plain functions, no Gradio, called directly by the tests."""
+"""The Evaluate tab: the paper's protocol on chosen models as a background job, its table and its plot."""
 
 from pathlib import Path
 
-from studio.catalog import Catalog
-from studio.jobs import JobError, JobManager
-from studio.ui.handlers import INPUT_ERRORS, positive_number, error
+import gradio as gr
 
-MAX_EVAL_IMAGES = 30_000
+from studio.catalog import Catalog
+from studio.evaluation.config import EvalConfig
+from studio.evaluation.prompts import read_prompts
+from studio.jobs import JobManager
+from studio.ui.common import JobMonitor, Studio, number, user_errors
 
 
 def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompts_file: str | None, n,
-                   extra_args: list[str] | None = None) -> tuple[str | None, str]:
-    """Start `python -m studio evaluate` as a background job; (job id or None, message)."""
-    from studio.evaluation.prompts import read_prompts
+                   device: str = "cpu", steps: int = 25) -> tuple[str, str]:
+    """Start `python -m studio evaluate` as a background job; (job id, message)."""
+    models = list(dict.fromkeys(models or []))
+    if not models:
+        raise ValueError("models: none chosen; pick the models to evaluate")
+    families = {catalog.get(m).family for m in models}
+    if not prompts_file and not all(catalog.family(f).prompt_set for f in families):
+        raise ValueError("prompt file: upload one (BK-SDM metadata.csv or one prompt per line); these models' family "
+                         "has no built-in prompt set")
+    if prompts_file:
+        read_prompts(prompts_file)  # a bad file is reported now, not in the job's log
+    config = EvalConfig(models=models, out="-", n=number("images per model", n, int), device=device, steps=steps)
+    config.check()
 
-    try:
-        if not models:
-            raise ValueError("no model chosen; pick the models to evaluate")
-        entries = [catalog.get(m) for m in models]
-        n = positive_number("number of images", n, int, MAX_EVAL_IMAGES)
-        if prompts_file:
-            read_prompts(prompts_file)  # a bad file is reported now, not in the job's log
-        elif any(e.family != "toy" for e in entries):
-            raise ValueError("upload a prompt file (BK-SDM metadata.csv or one prompt per line); the built-in prompt "
-                             "set is for toy models")
-    except INPUT_ERRORS as problem:
-        return None, error(problem)
-
-    def prepare(folder: Path) -> list[str]:
+    def prepare(folder: Path) -> dict:
         if not prompts_file:
-            return []
+            return {}
         copy = folder / ("prompts.csv" if str(prompts_file).endswith(".csv") else "prompts.txt")
         copy.write_bytes(Path(prompts_file).read_bytes())  # the job keeps its own copy of the upload
-        return ["--prompts", str(copy)]
+        return {"prompts": str(copy)}
 
-    argv = ["evaluate", "--models", ",".join(models), "--n", str(n), *(extra_args or [])]
-    name = f"evaluate {', '.join(models)} on {n} prompts"
-    try:
-        job_id = jobs.create("evaluate", name, argv, n * len(models), {"models": models}, prepare, catalog)
-    except (JobError, OSError) as problem:
-        return None, error(problem)
+    name = f"evaluate {', '.join(models)} on {config.n} prompts"
+    job_id = jobs.create("evaluate", config, name, config.n * len(models), {"models": models}, prepare, catalog)
     return job_id, f"started job {job_id}: {name}"
 
 
@@ -47,11 +42,8 @@ def evaluate_status(jobs: JobManager, job_id: str | None) -> tuple[str, str | No
     """(markdown: state, progress and the results table when done; the quality-vs-speed plot or None)."""
     if not job_id:
         return "No evaluation selected.", None
-    try:
-        spec = jobs.spec(job_id)
-        state, message = jobs.state(job_id)
-    except JobError as problem:
-        return error(problem), None
+    spec = jobs.spec(job_id)
+    state, message = jobs.state(job_id)
     run = jobs.run_folder(job_id)
     done = len(list((run / "images").glob("*/[0-9]*.png")))
     text = f"**{job_id}** ({spec['name']}): {state}, {done} of {spec['steps']} images generated."
@@ -62,3 +54,39 @@ def evaluate_status(jobs: JobManager, job_id: str | None) -> tuple[str, str | No
         text += "\n\n" + results.read_text()
     plot = run / "quality_vs_speed.png"
     return text, str(plot) if plot.exists() else None
+
+
+class EvaluationMonitor(JobMonitor):
+    """The job monitor, showing an evaluation's results table and plot instead of loss curves."""
+
+    def status(self, selected) -> tuple:
+        rows, _, _, _ = super().status(None)
+        text, plot = evaluate_status(self.studio.jobs, selected)
+        return rows, None, text, plot
+
+
+def build(app: gr.Blocks, studio: Studio) -> None:
+    models_now = studio.models()
+    with gr.Tab("Evaluate") as tab:
+        gr.Markdown("CLIP score, FID, IS, teacher-student fidelity (PSNR, CLIP image similarity) and, where the "
+                    "family has a judge (the toy world), its prompt accuracy, with the paper's protocol (25 PNDM "
+                    "steps, one seed per prompt shared by all models). Runs as a background job; metrics whose "
+                    "weights are not on this machine are left empty, with the reason under the table.")
+        with gr.Row():
+            models = gr.CheckboxGroup(models_now, value=models_now, label="Models")
+            prompts = gr.File(label="Prompt file (metadata.csv or one per line; empty = the family's prompt set)",
+                              file_types=[".csv", ".txt"], type="filepath")
+            n = gr.Number(value=studio.family.eval_images, precision=0, label="Images per model")
+            start = gr.Button("Start evaluation", variant="primary")
+        message = gr.Markdown()
+        monitor = EvaluationMonitor(studio, "evaluate", "Evaluation", "Quality against U-Net latency and MACs",
+                                    loss_plot=False)
+
+    def on_start(chosen, prompts_file, n):
+        with user_errors():
+            job_id, text = evaluate_start(studio.jobs, studio.current_catalog(), chosen, prompts_file, n,
+                                          studio.device)
+            return text, gr.update(choices=studio.jobs.ids("evaluate"), value=job_id)
+
+    start.click(on_start, [models, prompts, n], [message, monitor.job], api_name="evaluate_start")
+    monitor.wire(app, tab, "evaluate_status")

@@ -1,0 +1,224 @@
+"""What the tabs share: the studio's state, the error format, family defaults, generation controls, the job monitor.
+
+Tab modules (compare, img2img, train, dreambooth, evaluate, models) each lay out
+their components and wire their events beside them; the work is done by plain
+functions (no Gradio) that raise ValueError-like errors for bad input, which
+`user_errors` turns into `gr.Error` (shown on the page, raised in an API client).
+"""
+
+import logging
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
+from studio.compression import CompressionError
+from studio.generation import MAX_GUIDANCE, MAX_STEPS, SCHEDULERS, PipelineCache
+from studio.history import History
+from studio.jobs import JobError, JobManager, read_metrics
+from studio.loading import ModelUnavailableError
+from studio.training import TrainingError
+
+INPUT_ERRORS = (ValueError, UnknownModelError, CatalogError, ModelUnavailableError, CompressionError, JobError,
+                TrainingError)
+ZEROGPU_NOTE = ("Training runs as a background process on this machine. On a ZeroGPU Space it gets no GPU "
+                "(ZeroGPU lends one only inside a request), so train on dedicated hardware.")
+LOSS_COLUMNS = ["step", "loss", "term"]
+JOB_HEADERS = ["job", "name", "state", "step", "of", "steps/s", "loss_total"]
+POLL_SECONDS = 2.0
+
+try:  # Hugging Face ZeroGPU: a GPU exists only inside functions decorated with spaces.GPU
+    import spaces
+
+    on_gpu = spaces.GPU
+except ImportError:
+    def on_gpu(function):
+        return function
+
+
+@contextmanager
+def user_errors():
+    """Bad input becomes a gr.Error naming what was wrong; anything else, too, with its type (never a blank page)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except INPUT_ERRORS as problem:
+        raise gr.Error(str(problem)) from None
+    except Exception as problem:  # a bug: still say what happened
+        logging.getLogger("studio").exception("handler failed")
+        raise gr.Error(f"internal error ({type(problem).__name__}): {problem}") from None
+
+
+@dataclass
+class Studio:
+    """Everything the tabs work with: the catalogue, the family shown, the device, jobs, history and models."""
+
+    catalog: Catalog  # the catalogue the app started with; finished jobs' students join it in `current_catalog`
+    family: Family
+    device: str
+    jobs: JobManager
+    history: History
+    cache: PipelineCache
+
+    @classmethod
+    def create(cls, catalog: Catalog, family: str, device: str, data_dir: Path) -> "Studio":
+        jobs = JobManager(Path(data_dir) / "jobs")
+        studio = cls(catalog, catalog.family(family), device, jobs, History(Path(data_dir) / "history"),
+                     PipelineCache(catalog, device))
+        if not studio.models():
+            families = sorted({e.family for e in catalog})
+            raise ValueError(f"no teacher of family {family!r} in the catalogue; families: {', '.join(families)}")
+        return studio
+
+    def current_catalog(self) -> Catalog:
+        """The catalogue plus the students finished training jobs made (the cache follows it)."""
+        extra = [e for e in self.jobs.finished_students() if e.name not in self.catalog and e.teacher in self.catalog]
+        self.cache.catalog = self.catalog.with_entries(extra) if extra else self.catalog
+        return self.cache.catalog
+
+    def models(self) -> list[str]:
+        """The family's teacher(s) first, then their students."""
+        return family_models(self.current_catalog(), self.family.name)
+
+
+def family_models(catalog: Catalog, family: str) -> list[str]:
+    teachers = [e.name for e in catalog.teachers() if e.family == family]
+    return teachers + [s.name for t in teachers for s in catalog.students_of(t)]
+
+
+def refresh_models(studio: Studio, chosen: list[str] | None):
+    models = studio.models()
+    return gr.update(choices=models, value=[m for m in chosen or [] if m in models])
+
+
+def generation_controls(family: Family) -> list:
+    """Prompt, negative prompt, seed (with a random button), steps, guidance, scheduler, resolution."""
+    with gr.Row():
+        prompt = gr.Textbox(value=family.prompt, label="Prompt", scale=3)
+        negative = gr.Textbox(value="", label="Negative prompt", scale=2)
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        dice = gr.Button("Random seed", size="sm")
+        steps = gr.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
+        guidance = gr.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
+        scheduler = gr.Dropdown(list(SCHEDULERS), value="PNDM", label="Scheduler")
+        resolution = gr.Number(value=0, precision=0, label="Resolution (px; 0 = each model's own)")
+    dice.click(lambda: random.randrange(2**31), None, seed, api_visibility="private", queue=False)
+    return [prompt, negative, seed, steps, guidance, scheduler, resolution]
+
+
+def number(name: str, value, kind=float):
+    """A control's value as `kind`, or ValueError naming the field (None, text and NaN-to-int are refused)."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def progress_callback(progress: gr.Progress):
+    """The studio's progress events (studio/progress.py) shown by gr.Progress."""
+    def callback(event):
+        info = event.info
+        if "models" in info:  # generation: steps of model `index` of `models`
+            fraction = (info["index"] + event.fraction) / info["models"]
+            progress(fraction, desc=f"{info['model']}: {event.task} {event.done}/{event.total}")
+        else:
+            progress(event.fraction, desc=event.describe())
+    return callback
+
+
+# --- Jobs ------------------------------------------------------------------------------------------------------------
+
+def job_rows(jobs: JobManager, kind: str) -> list[list]:
+    rows = []
+    for s in (jobs.status(job_id) for job_id in jobs.ids(kind)):
+        rows.append([s.id, s.name, s.state, s.step, s.steps,
+                     "" if s.steps_per_second is None else round(s.steps_per_second, 3),
+                     "" if "loss_total" not in s.losses else round(s.losses["loss_total"], 5)])
+    return rows
+
+
+def loss_curves(jobs: JobManager, job_id: str) -> list[dict]:
+    """Long-format rows {step, loss, term} of a job's metrics (every loss_* column), for a line plot."""
+    return [{"step": row["step"], "loss": value, "term": term}
+            for row in read_metrics(jobs.run_folder(job_id)) for term, value in row.items() if term.startswith("loss")]
+
+
+def job_view(jobs: JobManager, job_id: str) -> tuple[list[dict], str, str | None]:
+    """(loss curve rows, status markdown, latest validation image or None) of one job."""
+    status = jobs.status(job_id)
+    speed = "-" if status.steps_per_second is None else f"{status.steps_per_second:.2f} steps/s"
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in status.losses.items())
+    text = f"**{status.id}** ({status.name}): {status.state}, step {status.step} of {status.steps}, {speed}. {losses}"
+    if status.message:
+        text += f"\n\n{status.message}"
+    if status.state == "finished" and status.kind == "distill":
+        text += f"\n\nThe student is in the Compare tab's model list as `job-{status.id}`."
+    validation = sorted((jobs.run_folder(job_id) / "validation").glob("*.png"))
+    return loss_curves(jobs, job_id), text, str(validation[-1]) if validation else None
+
+
+def job_action(action, job_ids) -> str:
+    """Cancel or resume the selected job(s); one line per job."""
+    job_ids = [job_ids] if isinstance(job_ids, str) else list(job_ids or [])
+    if not job_ids:
+        raise ValueError("no job selected; choose one in the job list")
+    return "\n\n".join(action(job_id) for job_id in job_ids)
+
+
+class JobMonitor:
+    """A job list of one kind, its table, and the selected job's status, loss plot and latest image.
+
+    The choices are read again on every page load and tab visit, so a job started since is selectable;
+    the view polls every few seconds outside the generation queue.
+    """
+
+    def __init__(self, studio: Studio, kind: str, label: str, image_label: str, multiselect: bool = False,
+                 loss_plot: bool = True):
+        self.studio, self.kind = studio, kind
+        ids = studio.jobs.ids(kind)
+        self.job = gr.Dropdown(ids, value=[] if multiselect else (ids or [None])[0], multiselect=multiselect,
+                               label=label)
+        self.table = gr.Dataframe(headers=JOB_HEADERS, label="Jobs (state on disk; survives restarts)",
+                                  interactive=False)
+        with gr.Row():
+            self.plot = gr.LinePlot(x="step", y="loss", color="term", title="Loss terms", height=300) \
+                if loss_plot else None
+            self.image = gr.Image(label=image_label, height=300)
+        self.text = gr.Markdown()
+        self.outputs = [c for c in (self.table, self.plot, self.text, self.image) if c is not None]
+
+    def status(self, selected) -> tuple:
+        """(jobs table, loss curves of the first selected job, status of each, its latest image)."""
+        selected = [selected] if isinstance(selected, str) else list(selected or [])
+        texts, curves, image = [], [], None
+        for job_id in selected:
+            job_curves, text, job_image = job_view(self.studio.jobs, job_id)
+            texts.append(text)
+            if len(texts) == 1:
+                curves, image = job_curves, job_image
+        rows = job_rows(self.studio.jobs, self.kind)
+        text = "\n\n".join(texts) or ("No job selected." if rows else "No jobs yet.")
+        return rows, pd.DataFrame(curves, columns=LOSS_COLUMNS), text, image
+
+    def choices(self, selected):
+        ids = self.studio.jobs.ids(self.kind)
+        if self.job.multiselect:
+            return gr.update(choices=ids, value=[j for j in selected or [] if j in ids])
+        return gr.update(choices=ids, value=selected if selected in ids else (ids or [None])[0])
+
+    def wire(self, app: gr.Blocks, tab: gr.Tab, api_name: str) -> None:
+        def show(selected):
+            with user_errors():
+                rows, curves, text, image = self.status(selected)
+                return (rows, curves, text, image) if self.plot else (rows, text, image)
+
+        gr.on([app.load, tab.select], self.choices, self.job, self.job, api_visibility="private", queue=False)
+        self.job.change(show, self.job, self.outputs, api_visibility="private", queue=False)
+        gr.Timer(POLL_SECONDS).tick(show, self.job, self.outputs, api_name=api_name, queue=False,
+                                    concurrency_limit=None, show_progress="hidden")

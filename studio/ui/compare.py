@@ -1,0 +1,86 @@
+"""The Compare tab: the family's models on one prompt, seed and scheduler, side by side, with readouts."""
+
+import gradio as gr
+
+from studio.generation import Result, Settings, compare_iter, speedups
+from studio.ui.common import Studio, generation_controls, on_gpu, progress_callback, refresh_models, user_errors
+
+READOUT_HEADER = ["| model | total | U-Net / step | speed-up (total, U-Net) | U-Net params | "
+                  "G MACs / step (conv+linear; +attn) | loading |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+
+def settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength=0.75) -> Settings:
+    try:
+        return Settings(prompt=prompt or "", negative_prompt=negative or "", seed=int(seed), steps=int(steps),
+                        guidance=float(guidance), scheduler=scheduler, resolution=int(resolution or 0) or None,
+                        strength=float(strength))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("seed, steps and resolution must be whole numbers, guidance and strength numbers") from None
+
+
+def readout_table(results: list[Result], teacher: str | None, device: str = "cpu") -> str:
+    ratios = speedups(results, teacher)
+    lines = list(READOUT_HEADER)
+    for r in results:
+        ratio = ratios[r.model]
+        speed = f"{ratio[0]:.2f}x, {ratio[1]:.2f}x" if ratio else "- (teacher not run)"
+        load = f"{r.load_seconds:.1f} s" if r.load_seconds else "cached"
+        lines.append(f"| {r.model} | {r.seconds:.3f} s | {r.unet_step_seconds * 1000:.1f} ms | {speed} | "
+                     f"{r.unet_params:,} | {r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
+    first = results[0]
+    lines.append(f"\n{first.resolution}x{first.resolution}, {first.settings.steps} steps, {first.settings.scheduler}, "
+                 f"guidance {first.settings.guidance}, seed {first.settings.seed}, on {device}. "
+                 "Timings exclude loading (models are warmed up first); the device is synchronized around every "
+                 "U-Net call; U-Net / step is the median call (both CFG halves run in one batch). "
+                 "MACs: one U-Net call at batch 1.")
+    return "\n".join(lines)
+
+
+def compare_stream(studio: Studio, models: list[str], settings: Settings, init_image=None, callback=None):
+    """Yields (gallery items [(png path, caption)], readout markdown) after each model: every chosen model is
+    loaded first, so one that can't be had stops the run before any image is made."""
+    models = list(dict.fromkeys(models or []))
+    catalog = studio.current_catalog()
+    teachers = {catalog.get(m).teacher or m for m in models if m in catalog}
+    teacher = teachers.pop() if len(teachers) == 1 else None
+    items, results = [], []
+    for result in compare_iter(studio.cache, models, settings, init_image, callback):
+        metadata = {**result.metadata(), "mode": "img2img" if init_image is not None else "txt2img"}
+        path = studio.history.save(result.image, metadata)
+        items.append((str(path), f"{result.model}: {result.seconds:.2f} s"))
+        results.append(result)
+        yield list(items), readout_table(results, teacher, str(studio.cache.device))
+
+
+def build(app: gr.Blocks, studio: Studio) -> dict:
+    """Lay out the tab and wire it; returns the components other tabs use (history, selected image)."""
+    models_now = studio.models()
+    with gr.Tab("Compare") as tab:
+        models = gr.CheckboxGroup(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
+        controls = generation_controls(studio.family)
+        run = gr.Button("Compare", variant="primary")
+        gallery = gr.Gallery(label="Same prompt, seed and scheduler", columns=4, format="png", height=320,
+                             object_fit="contain")
+        readout = gr.Markdown()
+        send = gr.Button("Send the selected image to img2img", size="sm")
+        history = gr.Gallery(label="Recent runs (PNGs carry their settings)", columns=8, height=200,
+                             value=studio.history.recent(), format="png")
+        selected = gr.State(None)
+
+    @on_gpu
+    def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, progress=gr.Progress()):
+        with user_errors():
+            settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution)
+            for items, text in compare_stream(studio, chosen, settings, callback=progress_callback(progress)):
+                yield items, text, studio.history.recent()
+
+    def on_select(items, event: gr.SelectData):
+        return items[event.index][0] if items else None
+
+    run.click(on_compare, [models, *controls], [gallery, readout, history], api_name="compare",
+              concurrency_id="device", concurrency_limit=1)
+    gallery.select(on_select, gallery, selected, api_visibility="private")
+    gr.on([app.load, tab.select], lambda chosen: refresh_models(studio, chosen), models, models,
+          api_visibility="private", queue=False)
+    return {"history": history, "selected": selected, "send": send}

@@ -1,0 +1,146 @@
+"""The DreamBooth tab: personalize models from uploaded photos (one background job each), then compare them."""
+
+import json
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from studio.catalog import Catalog, read_configs
+from studio.generation import MAX_GUIDANCE, MAX_STEPS, sample
+from studio.jobs import JobManager
+from studio.personalization.config import DreamBoothConfig
+from studio.personalization.dreambooth import load_personalized
+from studio.personalization.photos import PhotoLimits, check_photos, import_photos
+from studio.profiling import input_geometry
+from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, on_gpu, user_errors
+
+
+def prompts(identifier: str, class_phrase: str) -> tuple[str, str]:
+    """("a sks dog", "a dog") from the identifier and the class phrase."""
+    identifier, class_phrase = (identifier or "").strip(), (class_phrase or "").strip()
+    if not identifier or " " in identifier:
+        raise ValueError(f"identifier: must be one rare word (like 'sks'), got {identifier!r}")
+    if not class_phrase:
+        raise ValueError("class: empty; say what the subject is (like 'dog')")
+    return f"a {identifier} {class_phrase}", f"a {class_phrase}"
+
+
+def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifier: str, class_phrase: str,
+                     models: list[str], steps, full: bool = False, class_images=200, guidance: float = 7.5,
+                     ) -> tuple[list[str], str]:
+    """One background job per chosen model, all on the same photos; (job ids, message).
+
+    The photos and every job's config are checked before any job is made: a bad upload changes nothing.
+    """
+    models = list(dict.fromkeys(models or []))
+    if not models:
+        raise ValueError("models: none chosen; pick the teacher and/or students to personalize")
+    instance_prompt, class_prompt = prompts(identifier, class_phrase)
+    steps = number("steps", steps, int)
+    configs = []
+    for name in models:
+        resolution = input_geometry(read_configs(catalog.get(name).name, catalog)).resolution
+        config = DreamBoothConfig(
+            model=name, photos="-", instance_prompt=instance_prompt, class_prompt=class_prompt, out="-",
+            steps=steps, mode="full" if full else "lora", class_images=number("class images", class_images, int),
+            guidance=number("guidance", guidance, float), checkpoint_every=max(1, min(200, steps // 4)),
+            log_every=max(1, min(10, steps // 20)), validation_prompts=(instance_prompt, class_prompt))
+        config.check()
+        configs.append((config, resolution))
+    paths = [Path(p) for p in (photos or [])]
+    check_photos(paths, PhotoLimits(min_side=max(r for _, r in configs)))
+    job_ids = []
+    for config, resolution in configs:
+        def prepare(folder: Path, resolution=resolution) -> dict:
+            import_photos(paths, folder / "photos", resolution)  # normalized copies under names we choose
+            return {"photos": str(folder / "photos")}
+
+        name = f"{config.model}: {instance_prompt}, {config.steps} steps, {config.mode}"
+        job_ids.append(jobs.create("dreambooth", config, name, config.steps, {"model": config.model}, prepare,
+                                   catalog))
+    return job_ids, f"started {len(job_ids)} DreamBooth job(s): {', '.join(job_ids)}"
+
+
+def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, steps, guidance):
+    """Images of the user's prompt from every finished personalized model, side by side, with readouts."""
+    if not prompt or not prompt.strip():
+        raise ValueError("prompt: empty; use the identifier, like 'a sks dog in the snow'")
+    jobs = studio.jobs
+    finished = [j for j in job_ids or [] if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
+    if not finished:
+        raise ValueError("jobs: none of the chosen jobs has finished yet")
+    items, lines = [], ["| model | image time | training time | peak memory while training |",
+                        "| --- | ---: | ---: | ---: |"]
+    for job_id in finished:
+        model = jobs.spec(job_id)["config"]["model"]
+        card = json.loads((jobs.run_folder(job_id) / "card.json").read_text())
+        pipeline = load_personalized(model, jobs.run_folder(job_id), studio.current_catalog()).to(studio.device)
+        start = time.perf_counter()
+        image = sample(pipeline, [prompt], [int(seed)], int(steps), float(guidance))[0]
+        seconds = time.perf_counter() - start
+        path = studio.history.save(image, {"model": f"{model} + dreambooth {job_id}", "prompt": prompt,
+                                           "negative_prompt": "", "seed": int(seed), "steps": int(steps),
+                                           "guidance": float(guidance),
+                                           "scheduler": type(pipeline.scheduler).__name__,
+                                           "resolution": image.size[0]})
+        items.append((str(path), f"{model}: {seconds:.2f} s"))
+        lines.append(f"| {model} | {seconds:.2f} s | {card['train_seconds']:.0f} s | "
+                     f"{card['peak_memory_mb']:.0f} MB ({card['memory_kind']}) |")
+    return items, "\n".join(lines)
+
+
+def build(app: gr.Blocks, studio: Studio) -> None:
+    family, models_now = studio.family, studio.models()
+    with gr.Tab("DreamBooth") as tab:
+        gr.Markdown("Personalize the teacher and/or students from a few photos (DreamBooth; LoRA through peft by "
+                    "default, rank 16 / alpha 27 on to_q, to_v; prior preservation with class images the model "
+                    f"makes itself). One background job per model, on the same photos. {ZEROGPU_NOTE}")
+        with gr.Row():
+            photos = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                             label="Photos (JPEG, PNG, WebP; 1-50)")
+            preview = gr.Gallery(label="Preview", columns=5, height=200)
+        with gr.Row():
+            identifier = gr.Textbox(value="sks", label="Identifier (one rare word)")
+            class_phrase = gr.Textbox(value=family.dreambooth_class, label="Class (what the subject is)")
+            models = gr.CheckboxGroup(models_now, value=models_now[:1], label="Models to personalize")
+        with gr.Row():
+            steps = gr.Number(value=family.dreambooth_steps, precision=0, label="Steps")
+            mode = gr.Radio(["LoRA", "full"], value="LoRA", label="Finetuning")
+            class_images = gr.Number(value=family.class_images, precision=0, label="Class images")
+            start = gr.Button("Start DreamBooth", variant="primary")
+            cancel = gr.Button("Cancel")
+        message = gr.Markdown()
+        monitor = JobMonitor(studio, "dreambooth", "DreamBooth jobs (plot shows the first)",
+                             "Latest validation: instance prompt, class prompt", multiselect=True)
+        with gr.Row():
+            prompt = gr.Textbox(value=family.dreambooth_prompt, label="Prompt for the personalized models")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            sample_steps = gr.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
+            guidance = gr.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
+        generate = gr.Button("Generate with the personalized models")
+        gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)
+        readout = gr.Markdown()
+
+    def on_start(files, identifier, class_phrase, chosen, steps, mode, class_images):
+        with user_errors():
+            ids, text = dreambooth_start(studio.jobs, studio.current_catalog(), files, identifier, class_phrase,
+                                         chosen, steps, mode == "full", class_images, family.guidance)
+            return text, gr.update(choices=studio.jobs.ids("dreambooth"), value=ids)
+
+    def on_cancel(job_ids):
+        with user_errors():
+            return job_action(studio.jobs.cancel, job_ids)
+
+    @on_gpu
+    def on_generate(job_ids, prompt, seed, steps, guidance):
+        with user_errors():
+            return dreambooth_results(studio, job_ids, prompt, seed, steps, guidance)
+
+    photos.change(lambda files: files or [], photos, preview, api_visibility="private", queue=False)
+    start.click(on_start, [photos, identifier, class_phrase, models, steps, mode, class_images],
+                [message, monitor.job], api_name="dreambooth_start")
+    cancel.click(on_cancel, monitor.job, message, api_name="dreambooth_cancel")
+    generate.click(on_generate, [monitor.job, prompt, seed, sample_steps, guidance], [gallery, readout],
+                   api_name="dreambooth_results", concurrency_id="device", concurrency_limit=1)
+    monitor.wire(app, tab, "dreambooth_status")

@@ -1,0 +1,42 @@
+"""The img2img tab: an uploaded image through the family's models, side by side, with the Compare readout."""
+
+import gradio as gr
+
+from studio.images import open_image
+from studio.ui.common import Studio, generation_controls, on_gpu, progress_callback, refresh_models, user_errors
+from studio.ui.compare import compare_stream, settings_from_controls
+
+
+def img2img_stream(studio: Studio, models, image_path, strength, prompt, negative, seed, steps, guidance, scheduler,
+                   resolution, callback=None):
+    """`compare_stream` on an uploaded image (checked before any model runs)."""
+    image = open_image(image_path)
+    settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength)
+    yield from compare_stream(studio, models, settings, image, callback)
+
+
+def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
+    models_now = studio.models()
+    with gr.Tab("img2img") as tab:
+        models = gr.CheckboxGroup(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
+        with gr.Row():
+            init_image = gr.Image(type="filepath", label="Input image", height=256)
+            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
+        controls = generation_controls(studio.family)
+        run = gr.Button("Run img2img", variant="primary")
+        gallery = gr.Gallery(label="img2img, side by side", columns=4, format="png", height=320, object_fit="contain")
+        readout = gr.Markdown()
+
+    @on_gpu
+    def on_img2img(chosen, image, strength, prompt, negative, seed, steps, guidance, scheduler, resolution,
+                   progress=gr.Progress()):
+        with user_errors():
+            for items, text in img2img_stream(studio, chosen, image, strength, prompt, negative, seed, steps,
+                                              guidance, scheduler, resolution, progress_callback(progress)):
+                yield items, text, studio.history.recent()
+
+    run.click(on_img2img, [models, init_image, strength, *controls], [gallery, readout, compare["history"]],
+              api_name="img2img", concurrency_id="device", concurrency_limit=1)
+    compare["send"].click(lambda path: path, compare["selected"], init_image, api_visibility="private")
+    gr.on([app.load, tab.select], lambda chosen: refresh_models(studio, chosen), models, models,
+          api_visibility="private", queue=False)

@@ -1,0 +1,157 @@
+"""The Train a student tab: design a student by block removal, see its size, distill it as a background job."""
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.catalog import Catalog, read_configs
+from studio.compression import StudentSpec, plan_student, resolve_spec
+from studio.distillation.config import DistillConfig
+from studio.distillation.data import DataError, open_data
+from studio.jobs import JobError, JobManager, extract_dataset_zip
+from studio.profiling import input_geometry, profile_students
+from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, user_errors
+
+PRESET_CHOICES = ("base", "small", "tiny", "custom")
+TABLE_HEADERS = ["student", "U-Net params", "x teacher", "G MACs (conv+linear)", "x teacher", "G MACs (+attention)",
+                 "x teacher"]
+
+
+def spec_from_controls(preset: str, layers: str, keep_mid: bool, keep_innermost: bool) -> StudentSpec:
+    """The spec the controls describe; the custom fields apply only to `custom`."""
+    if preset != "custom":
+        return resolve_spec(preset)
+    layers = (layers or "").replace(" ", "") or "1"
+    flags = ("" if keep_mid else ":no-mid") + ("" if keep_innermost else ":no-innermost")
+    return StudentSpec.parse(f"custom:{layers}{flags}")
+
+
+def teacher_entry(catalog: Catalog, teacher: str):
+    teachers = [e.name for e in catalog.teachers()]
+    if teacher not in teachers:
+        raise ValueError(f"teacher: {teacher!r} is not a teacher in the catalogue; choose one of {', '.join(teachers)}")
+    return catalog.get(teacher)
+
+
+def design_table(catalog: Catalog, teacher: str, preset: str, layers: str, keep_mid: bool, keep_innermost: bool,
+                 resolution) -> tuple[list[list], str]:
+    """Rows comparing the teacher, the paper's students and the designed one, and a line saying what they count."""
+    teacher_entry(catalog, teacher)
+    spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
+    archs = tuple(dict.fromkeys(("base", "small", "tiny", str(spec))))
+    report = profile_students(teacher, archs, int(resolution or 0) or None, 1, catalog)
+    first = report["rows"][0]
+    rows = [[
+        row["arch"] + (" (yours)" if row["arch"] == str(spec) else ""),
+        f"{row['unet_params']:,}", round(row["unet_params"] / first["unet_params"], 3),
+        float(f"{row['macs_paper'] / 1e9:.4g}"), round(row["macs_paper"] / first["macs_paper"], 3),
+        float(f"{row['macs_total'] / 1e9:.4g}"), round(row["macs_total"] / first["macs_total"], 3),
+    ] for row in report["rows"]]
+    summary = (f"{teacher} at {report['resolution']}x{report['resolution']}, batch 1, MACs per U-Net step. "
+               "'conv+linear' is the paper's convention; '+attention' adds the attention matrix products.")
+    return rows, summary
+
+
+def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, keep_mid, keep_innermost, data_source,
+                upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8) -> tuple[str, str]:
+    """Start a distillation job; (job id, message). Everything is checked before a job folder is made."""
+    entry = teacher_entry(catalog, teacher)
+    spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
+    family = catalog.family(entry.family)
+    steps = number("steps", steps, int)
+    config = DistillConfig(
+        teacher=teacher, arch=str(spec), data=data_source, out="-",
+        steps=steps, batch_size=number("batch size", batch_size, int), lr=number("learning rate", lr, float),
+        lambda_task=number("λ task", lambda_task, float), lambda_out=number("λ output KD", lambda_out, float),
+        lambda_feat=number("λ feature KD", lambda_feat, float), checkpoint_every=max(1, min(500, steps // 4)),
+        log_every=max(1, min(10, steps // 20)), validation_prompts=family.validation_prompts[:2],
+        validation_guidance=family.guidance)
+    config.check()
+    configs = read_configs(teacher, catalog)
+    plan_student(configs["unet"], str(spec))  # a design this teacher can't give fails here, not in the job
+    resolution = input_geometry(configs).resolution
+    if data_source == "upload":
+        if not upload:
+            raise ValueError("data: no dataset uploaded; upload a zip in the imagefolder layout (metadata.jsonl with "
+                             "file_name and text, and the images)")
+    elif data_source == "toy":
+        open_data("toy", resolution)  # 32x32 shapes: for teachers that draw at 32 pixels
+    else:
+        raise ValueError(f"data: must be 'toy' or 'upload', got {data_source!r}")
+
+    def prepare(folder: Path) -> dict:
+        if data_source != "upload":
+            return {}
+        data = extract_dataset_zip(Path(upload), folder / "data")
+        try:
+            open_data(str(data), resolution)  # the same checks the trainer makes, before a process starts
+        except DataError as problem:
+            raise JobError(f"the dataset zip can't be trained on: {problem}") from None
+        return {"data": str(data)}
+
+    name = f"{spec} from {teacher}, {steps} steps"
+    job_id = jobs.create("distill", config, name, steps, {"family": entry.family}, prepare, catalog)
+    return job_id, f"started job {job_id}: {name}"
+
+
+def build(app: gr.Blocks, studio: Studio) -> None:
+    teachers = [e.name for e in studio.catalog.teachers()]
+    family_teachers = [t for t in teachers if studio.catalog.get(t).family == studio.family.name]
+    with gr.Tab("Train a student") as tab:
+        gr.Markdown("Design a student by block removal and distill it from its teacher with the paper's objective "
+                    f"(task + output KD + feature KD). {ZEROGPU_NOTE}")
+        with gr.Row():
+            teacher = gr.Dropdown(teachers, value=(family_teachers or teachers)[0], label="Teacher")
+            preset = gr.Radio(list(PRESET_CHOICES), value="small", label="Student")
+            resolution = gr.Number(value=0, precision=0, label="Resolution for MACs (0 = the teacher's)")
+        with gr.Row(visible=False) as custom_row:
+            layers = gr.Textbox(value="1", label="Custom: layers kept per down stage (one number, or one per stage)")
+            keep_mid = gr.Checkbox(value=False, label="Custom: keep mid block")
+            keep_innermost = gr.Checkbox(value=True, label="Custom: keep innermost stage")
+        table = gr.Dataframe(headers=TABLE_HEADERS, label="Parameters and MACs", interactive=False)
+        summary = gr.Markdown()
+        with gr.Row():
+            data_source = gr.Radio(["toy", "upload"], value=studio.family.train_data or "upload", label="Data")
+            upload = gr.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
+                             type="filepath")
+        with gr.Row():
+            steps = gr.Number(value=studio.family.train_steps, precision=0, label="Steps")
+            lr = gr.Number(value=studio.family.train_lr, label="Learning rate")
+            batch_size = gr.Number(value=studio.family.train_batch_size, precision=0, label="Batch size")
+            lambda_task = gr.Number(value=1.0, label="λ task")
+            lambda_out = gr.Number(value=1.0, label="λ output KD")
+            lambda_feat = gr.Number(value=1.0, label="λ feature KD")
+        with gr.Row():
+            start = gr.Button("Start training", variant="primary")
+            cancel = gr.Button("Cancel")
+            resume = gr.Button("Resume")
+        message = gr.Markdown()
+        monitor = JobMonitor(studio, "distill", "Job", "Latest validation: teacher (top) vs student (bottom)")
+
+    def on_design(*values):
+        with user_errors():
+            return design_table(studio.catalog, *values)
+
+    def on_start(*values):
+        with user_errors():
+            job_id, text = train_start(studio.jobs, studio.catalog, *values)
+            return text, gr.update(choices=studio.jobs.ids("distill"), value=job_id)
+
+    def on_cancel(job_id):
+        with user_errors():
+            return job_action(studio.jobs.cancel, job_id)
+
+    def on_resume(job_id):
+        with user_errors():
+            return job_action(studio.jobs.resume, job_id)
+
+    design_inputs = [teacher, preset, layers, keep_mid, keep_innermost, resolution]
+    gr.on([c.change for c in design_inputs], on_design, design_inputs, [table, summary], api_visibility="private")
+    app.load(on_design, design_inputs, [table, summary], api_name="design")
+    preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom_row, api_visibility="private",
+                  queue=False)
+    start.click(on_start, [*design_inputs[:5], data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat,
+                           batch_size], [message, monitor.job], api_name="train_start")
+    cancel.click(on_cancel, monitor.job, message, api_name="train_cancel")
+    resume.click(on_resume, monitor.job, message, api_name="train_resume")
+    monitor.wire(app, tab, "train_status")
