@@ -95,7 +95,8 @@ def tiny_catalog(tmp_path_factory, tiny_pipeline_dir):
         {"name": "tiny-small", "source": str(folder / "tiny-small"), "role": "student", "family": "tiny",
          "teacher": "tiny-teacher", "arch": "small"},
     ]
-    families = {"tiny": {"prompt": "a cat", "guidance": 2.0, "validation_prompts": ["a red circle"]}}
+    families = {"tiny": {"prompt": "a cat", "guidance": 2.0, "validation_prompts": ["a red circle"], "steps": 3,
+                         "train_data": "toy", "train_steps": 100_000, "train_lr": 1e-4, "train_batch_size": 2}}
     (folder / "models.json").write_text(json.dumps({"families": families, "models": entries}))
     return load_catalog(folder / "models.json")
 
@@ -106,6 +107,24 @@ def catalog():
     from studio.catalog import load_catalog
 
     return load_catalog()
+
+
+def stop_jobs(data_dir) -> None:
+    """Kill whatever background jobs a test left running (jobs outlive the app by design)."""
+    import signal
+
+    from studio.jobs import JobManager
+
+    if not (data_dir / "jobs").is_dir():
+        return
+    jobs = JobManager(data_dir / "jobs")
+    for job_id in jobs.ids():
+        if jobs.state(job_id)[0] == "running":
+            pid = json.loads((jobs.folder(job_id) / "runner.json").read_text())["pid"]
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def free_port() -> int:
@@ -129,3 +148,4 @@ def served_app(tiny_catalog, tmp_path):
         yield Client(f"http://127.0.0.1:{port}/", verbose=False), port, tmp_path / "data"
     finally:
         app.close()
+        stop_jobs(tmp_path / "data")

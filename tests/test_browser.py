@@ -1,4 +1,4 @@
-"""The app in a real browser: headless Chromium opens every tab, checks its controls, saves a screenshot.
+"""The app in a real browser, as a visitor uses it: compare two models, start a training job, reload, find it again.
 
 Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them);
 skipped where they are missing. Screenshots go to $STUDIO_SCREENSHOTS (default:
@@ -7,23 +7,23 @@ the test's temporary folder).
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
-from test_ui import free_port
+from conftest import free_port, stop_jobs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")]
 
 TABS = {
-    "Compare": ["Prompt", "Negative prompt", "Seed", "Random seed", "Steps", "Guidance", "Scheduler", "Compare",
+    "Compare": ["Prompt", "Negative prompt", "Seed", "Random seed", "Steps", "Guidance", "Scheduler",
                 "Send the selected image to img2img", "Recent runs"],
     "img2img": ["Input image", "Strength", "Prompt", "Scheduler", "Run img2img"],
     "Train a student": ["Teacher", "Student", "Parameters and MACs", "Data", "Learning rate", "λ feature KD",
-                        "Start training", "Cancel", "Resume", "Loss terms", "ZeroGPU"],
+                        "Start training", "Cancel", "Resume", "Jobs (state on disk", "ZeroGPU"],
     "DreamBooth": ["Photos", "Identifier", "Class", "Models to personalize", "Finetuning", "Start DreamBooth",
                    "Generate with the personalized models"],
     "Evaluate": ["Prompt file", "Images per model", "Start evaluation", "Quality against U-Net latency and MACs"],
@@ -31,39 +31,128 @@ TABS = {
 }
 
 
-def test_every_tab_shows_its_controls(tiny_catalog, tmp_path):
+@pytest.fixture
+def browser(tiny_catalog, tmp_path):
+    """(driver, page url, screenshot folder, data folder) with the app on the tiny family."""
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from studio.ui.app import build_app
 
-    shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
     app = build_app(tiny_catalog, family="tiny", data_dir=tmp_path / "data")
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1600"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,2600"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: "BK-SDM Studio" in d.find_element(By.TAG_NAME, "body").text)
-        for tab, labels in TABS.items():
-            button = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text.strip() == tab)
-            button.click()
-            try:
-                wait.until(lambda d: all(label in d.find_element(By.TAG_NAME, "body").text for label in labels))
-            finally:
-                driver.save_screenshot(str(shots / f"tab-{tab.replace(' ', '-').lower()}.png"))
-            body = driver.find_element(By.TAG_NAME, "body").text
-            missing = [label for label in labels if label not in body]
-            assert not missing, f"tab {tab}: not visible: {missing}"
-        time.sleep(0.5)
-        assert (shots / "tab-compare.png").stat().st_size > 10_000
+        yield driver, f"http://127.0.0.1:{port}/", shots, tmp_path / "data"
     finally:
         driver.quit()
         app.close()
+        stop_jobs(tmp_path / "data")
+
+
+def body(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def click(driver, css: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    element = next(e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.text.strip() == text)
+    driver.execute_script("arguments[0].click()", element)
+
+
+def images_in(driver, label: str) -> int:
+    """Images inside the block whose label is `label` (a gallery)."""
+    from selenium.webdriver.common.by import By
+
+    block = driver.find_element(By.XPATH, f"//*[normalize-space(text())='{label}']/ancestor::div[contains(@class,"
+                                          "'block')][1]")
+    return len(block.find_elements(By.TAG_NAME, "img"))
+
+
+def loss_plot(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.XPATH, "//*[normalize-space(text())='Loss terms']/ancestor::div[contains(@class,"
+                                         "'block')][1]")
+
+
+def colored_pixels(element) -> int:
+    """Strongly colored pixels in a screenshot of `element`."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    element.parent.execute_script("arguments[0].scrollIntoView()", element)
+    hsv = np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("HSV"))
+    return int(((hsv[..., 1] > 100) & (hsv[..., 2] > 80)).sum())
+
+
+def open_page(driver, url):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    wait = WebDriverWait(driver, 90)
+    wait.until(lambda d: "BK-SDM Studio" in body(d))
+    return wait
+
+
+def test_every_tab_shows_its_controls(browser):
+    driver, url, shots, _ = browser
+    wait = open_page(driver, url)
+    for tab, labels in TABS.items():
+        click(driver, "button[role='tab']", tab)
+        try:
+            wait.until(lambda d: all(label in body(d) for label in labels))
+        finally:
+            driver.save_screenshot(str(shots / f"tab-{tab.replace(' ', '-').lower()}.png"))
+        assert not [label for label in labels if label not in body(driver)], tab
+    # The custom design fields show only for the custom student.
+    click(driver, "button[role='tab']", "Train a student")
+    assert "Custom: keep mid block" not in body(driver)
+    click(driver, "label", "custom")
+    wait.until(lambda d: "Custom: keep mid block" in body(d))
+
+
+def test_a_visitor_compares_models_and_finds_a_training_job_after_a_reload(browser):
+    from studio.jobs import JobManager
+
+    driver, url, shots, data_dir = browser
+    wait = open_page(driver, url)
+    # Compare: both models of the family are ticked; one image and one readout row each.
+    click(driver, "button.primary", "Compare")
+    wait.until(lambda d: "| tiny-small" in d.page_source or ("tiny-small" in body(d) and "speed-up" in body(d)))
+    wait.until(lambda d: images_in(d, "Same prompt, seed and scheduler") == 2)
+    text = body(driver)
+    assert "U-Net / step" in text and "tiny-teacher" in text
+    driver.save_screenshot(str(shots / "compare.png"))
+
+    # Train: start a job from the page (the family's defaults: toy data, a long run), see it run.
+    click(driver, "button[role='tab']", "Train a student")
+    click(driver, "button.primary", "Start training")
+    wait.until(lambda d: "started job" in body(d))
+    job_id = next(word for word in body(driver).split() if word.count("-") == 2 and word[:8].isdigit()).rstrip(":")
+
+    # A reload: the job list is read again, the new job is selected, and its loss plot fills in.
+    open_page(driver, url)
+    click(driver, "button[role='tab']", "Train a student")
+    try:
+        wait.until(lambda d: job_id in body(d) and "running, step" in body(d))
+        wait.until(lambda d: JobManager(data_dir / "jobs").status(job_id).step >= 30)  # three rows: lines to draw
+        # Four colored lines across the plot (legend circles alone are ~100 colored pixels; axes and text are gray).
+        wait.until(lambda d: colored_pixels(loss_plot(d)) > 400)
+    finally:
+        driver.save_screenshot(str(shots / "train-after-reload.png"))
+    click(driver, "button", "Cancel")
+    wait.until(lambda d: f"cancelling {job_id}" in body(d))
+    assert JobManager(data_dir / "jobs").wait(job_id, timeout=180) == "cancelled"

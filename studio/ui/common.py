@@ -204,7 +204,10 @@ class JobMonitor:
                 curves, image = job_curves, job_image
         rows = job_rows(self.studio.jobs, self.kind)
         text = "\n\n".join(texts) or ("No job selected." if rows else "No jobs yet.")
-        return rows, pd.DataFrame(curves, columns=LOSS_COLUMNS), text, image
+        # No data is None, not an empty frame: after an empty frame gradio's plot never draws the lines that follow.
+        frame = pd.DataFrame(curves, columns=LOSS_COLUMNS).astype({"step": float, "loss": float, "term": str}) \
+            if curves else None
+        return rows, frame, text, image
 
     def choices(self, selected):
         ids = self.studio.jobs.ids(self.kind)
