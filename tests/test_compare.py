@@ -39,8 +39,6 @@ def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
     assert [len(items) for items, _ in updates] == [1, 2] and "| tiny-small |" not in updates[0][1]
     items, readout = updates[-1]
     assert "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
-    teacher_row = next(line for line in readout.splitlines() if line.startswith("| tiny-teacher"))
-    assert "1.00x, 1.00x" in teacher_row  # its own speed-up
     student_row = next(line for line in readout.splitlines() if line.startswith("| tiny-small"))
     assert "x, " in student_row and "teacher not run" not in student_row
     # Progress events: both models loaded first, then every step of every model, in order.

@@ -98,6 +98,7 @@ def test_resume_continues_exactly(tiny_pipeline_dir, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_resumes(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny",
@@ -191,6 +192,7 @@ def test_bad_flags_get_clear_errors(tiny_pipeline_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",

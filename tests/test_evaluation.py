@@ -104,6 +104,7 @@ def test_missing_or_pickled_weights_get_clear_messages(tmp_path):
         inception_from_safetensors(tmp_path / "inception.safetensors", ("2048",))
 
 
+@pytest.mark.slow
 def test_fid_and_is_plumbing(random_inception_weights):
     a, b = shapes(6, 0), shapes(6, 1)
     same, score = fid_and_is(a, a, random_inception_weights, is_splits=2)
@@ -113,6 +114,7 @@ def test_fid_and_is_plumbing(random_inception_weights):
     assert none is None
 
 
+@pytest.mark.slow
 def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_weights, random_inception_weights):
     import csv
 
@@ -150,6 +152,7 @@ def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_w
     assert np.array_equal(np.asarray(Image.open(images[2])), removed)
 
 
+@pytest.mark.slow
 def test_toy_models_use_the_toy_defaults_and_the_judge(tmp_path):
     from studio.evaluation.config import EvalConfig
     from studio.evaluation.protocol import evaluate

@@ -4,6 +4,7 @@ import json
 import zipfile
 
 import pytest
+import torch
 
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.ui.common import Studio, job_rows, job_view
@@ -63,6 +64,7 @@ def test_zip_entries_outside_the_archive_are_refused(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_catalog, tmp_path):
     jobs = JobManager(tmp_path / "jobs")
     job_id, text = start(jobs, tiny_catalog, steps=4)
@@ -81,6 +83,7 @@ def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_c
     assert entry.teacher == "tiny-teacher" and entry.arch == "small"
 
 
+@pytest.mark.slow
 def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
     import time
 
@@ -113,6 +116,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(tiny_catalog, tmp_path):
     assert "$ " in (tmp_path / "jobs" / job_id / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_path):
     from PIL import Image
 
@@ -159,4 +163,10 @@ def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
 
     keys = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
-    load_personalized(str(tiny_pipeline_dir), out)  # loads both parts
+    from studio.loading import load_pipeline
+    from studio.training import tokenize
+
+    base, tuned = load_pipeline(str(tiny_pipeline_dir)), load_personalized(str(tiny_pipeline_dir), out)
+    ids = tokenize(base.tokenizer, ["a sks cat"])
+    with torch.no_grad():  # the text encoder's LoRA loaded and changes what the prompt means to the U-Net
+        assert not torch.allclose(base.text_encoder(ids)[0], tuned.text_encoder(ids)[0], atol=1e-5)

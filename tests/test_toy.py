@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import pytest
+
 from studio.cli import main
 from studio.toy.data import COLORS, SHAPES, make_example, sample_attributes
 from studio.toy.judge import judge
@@ -104,6 +106,7 @@ def test_the_time_budget_stops_the_unet_stage_early(tmp_path):
     assert card["result"]["unet_steps_done"] < 50 and card["steps"] == 2 + card["result"]["unet_steps_done"]
 
 
+@pytest.mark.slow
 def test_students_and_ablation_commands_run_end_to_end(tmp_path):
     """Two steps each: the plumbing, not the quality (that is what the real runs report)."""
     from diffusers import UNet2DConditionModel

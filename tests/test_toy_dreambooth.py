@@ -1,5 +1,7 @@
 """DreamBooth proof on the toy world: the toy teacher learns a color it never saw, and keeps its class prior."""
 
+import pytest
+
 from studio.loading import load_pipeline
 from studio.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
 from studio.toy.evaluate import DEFAULT_GUIDANCE
@@ -9,6 +11,7 @@ from studio.toy.personalize import CLASS_PROMPT, INSTANCE_PROMPT, judge_prompts,
 STEPS, LR, CLASS_IMAGES = 300, 1e-3, 30
 
 
+@pytest.mark.slow
 def test_the_identifier_brings_the_new_color_and_the_class_prompt_keeps_its_colors(tmp_path):
     before = judge_prompts(load_pipeline("toy-teacher"), 20, DEFAULT_GUIDANCE)
     assert before["instance"]["orange"] <= 0.1  # the toy world has no orange: it must be learned

@@ -39,6 +39,7 @@ def test_students_are_smaller_and_share_the_teachers_components():
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_students_imitate_the_teacher(arch):
     """On 30 prompts with the teacher's seeds: colors follow the prompt and images resemble the teacher's.
