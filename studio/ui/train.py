@@ -7,7 +7,7 @@ import gradio as gr
 from studio.catalog import Catalog, read_configs
 from studio.compression import StudentSpec, plan_student, resolve_spec
 from studio.distillation.config import DistillConfig
-from studio.distillation.data import DataError, open_data
+from studio.distillation.data import DATA_SOURCES, DataError, open_data
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.profiling import input_geometry, profile_students
 from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, user_errors
@@ -74,10 +74,10 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
         if not upload:
             raise ValueError("data: no dataset uploaded; upload a zip in the imagefolder layout (metadata.jsonl with "
                              "file_name and text, and the images)")
-    elif data_source == "toy":
-        open_data("toy", resolution)  # 32x32 shapes: for teachers that draw at 32 pixels
+    elif data_source in DATA_SOURCES:
+        open_data(data_source, resolution)  # e.g. the toy world's 32x32 shapes: for teachers that draw at 32 px
     else:
-        raise ValueError(f"data: must be 'toy' or 'upload', got {data_source!r}")
+        raise ValueError(f"data: must be one of {', '.join([*DATA_SOURCES, 'upload'])}, got {data_source!r}")
 
     def prepare(folder: Path) -> dict:
         if data_source != "upload":
@@ -111,7 +111,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Parameters and MACs", interactive=False)
         summary = gr.Markdown()
         with gr.Row():
-            data_source = gr.Radio(["toy", "upload"], value=studio.family.train_data or "upload", label="Data")
+            data_source = gr.Radio([*DATA_SOURCES, "upload"], value=studio.family.train_data or "upload",
+                                   label="Data (a registered source, or an uploaded zip)")
             upload = gr.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
                              type="filepath")
         with gr.Row():
