@@ -5,7 +5,7 @@ A job is a folder under the jobs root:
     run/        the command's --out (checkpoints, metrics.csv, validation images, result)
     data/       an uploaded dataset, when the job has one
     log.txt     the command's stdout and stderr, across resumes
-    runner.json the runner's pid while it runs; exit.json when the command ended
+    runner.json the runner's pid and start time; exit.json when the command ended
 The runner (`python -m studio.jobs RUN JOB_DIR`) builds the command from the
 stored config (studio/commands.py), starts it, waits for it and writes exit.json, so a job outlives the app (and a browser refresh), and an
 app restarted later reads every job's state from the folder alone.
@@ -18,16 +18,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, ModelEntry, entries_beyond_packaged, write_catalog
 from studio.commands import config_from_json, job_argv
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
+CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, a job has this long to checkpoint and stop before SIGKILL
 MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
 MAX_ZIP_MEMBERS = 100_000
 
@@ -64,26 +68,41 @@ def write_json(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def group_alive(runner: dict) -> bool:
+    """Whether any process of the job's process group still runs. The group is the runner's session, so the
+    trainer counts even when the runner was killed; a PID reused by an unrelated process does not (its start
+    time differs from the runner's, and it is not in the group)."""
+    pgid, started = runner.get("pid"), runner.get("create_time")
+    if not pgid or started is None:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+    for process in psutil.process_iter(["pid", "create_time", "status"]):
+        try:
+            info = process.info
+            if info["status"] == psutil.STATUS_ZOMBIE or info["create_time"] < started - 1:
+                continue
+            if info["pid"] == pgid and abs(info["create_time"] - started) > 1:
+                continue  # the runner's PID, reused by a later process
+            if os.getpgid(info["pid"]) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def read_metrics(run: Path) -> list[dict]:
-    """metrics.csv rows as numbers (empty when the run has not logged yet)."""
+    """metrics.csv rows as numbers (empty when the run has not logged yet); a row cut short is skipped."""
     try:
         with open(run / "metrics.csv", newline="") as file:
-            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(file)]
-    except (OSError, ValueError):
+            rows = list(csv.DictReader(file))
+    except (OSError, csv.Error, UnicodeDecodeError):
         return []
+    numbers = []
+    for row in rows:
+        try:
+            numbers.append({k: float(v) for k, v in row.items() if k is not None and v not in ("", None)})
+        except (TypeError, ValueError):
+            continue  # a partial line from a kill mid-write
+    return [row for row in numbers if "step" in row and "seconds" in row]  # seconds is written last
 
 
 def extract_dataset_zip(upload: Path, dest: Path) -> Path:
@@ -172,10 +191,13 @@ class JobManager:
             start_new_session=True,  # its own process group: cancel signals runner and command together
         )
         self._children[folder.name] = runner
-        write_json(folder / "runner.json", {"pid": runner.pid, "started": time.time()})
+        write_json(folder / "runner.json", {"pid": runner.pid, "create_time": psutil.Process(runner.pid).create_time()})
 
     def spec(self, job_id: str) -> dict:
-        return json.loads((self.folder(job_id) / "job.json").read_text())
+        spec = _read_json(self.folder(job_id) / "job.json")
+        if spec is None:
+            raise JobError(f"job {job_id}: its job.json is unreadable (cut short or corrupt); its files are kept")
+        return spec
 
     def run_folder(self, job_id: str) -> Path:
         return self.folder(job_id) / "run"
@@ -193,9 +215,10 @@ class JobManager:
             if ended.get("returncode") == 0:
                 return "finished", ""
             return "failed", self._last_error(folder)
-        runner = _read_json(folder / "runner.json") or {}
-        if runner.get("pid") and _alive(runner["pid"]):
+        if group_alive(_read_json(folder / "runner.json") or {}):
             return "running", ""
+        if (folder / "run" / "card.json").is_file():  # the command finished, but its runner was killed
+            return "finished", ""
         return "interrupted", "the job's process is gone (machine or app restart?); it can be resumed"
 
     @staticmethod
@@ -223,12 +246,27 @@ class JobManager:
     def statuses(self) -> list[JobStatus]:
         return [self.status(job_id) for job_id in self.ids()]
 
-    def cancel(self, job_id: str) -> str:
+    def cancel(self, job_id: str, grace: float = CANCEL_GRACE_SECONDS) -> str:
+        """SIGTERM to the job's process group (the trainer checkpoints the step it is on, then stops); whatever
+        still runs after `grace` seconds gets SIGKILL."""
         state, _ = self.state(job_id)
         if state != "running":
             raise JobError(f"job {job_id} is {state}, not running; nothing to cancel")
-        pid = _read_json(self.folder(job_id) / "runner.json")["pid"]
-        os.killpg(pid, signal.SIGTERM)  # the trainer checkpoints the current step, then stops
+        runner = _read_json(self.folder(job_id) / "runner.json")
+        os.killpg(runner["pid"], signal.SIGTERM)
+
+        def escalate():
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if not group_alive(runner):
+                    return
+                time.sleep(0.5)
+            try:
+                os.killpg(runner["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        threading.Thread(target=escalate, daemon=True, name=f"cancel-{job_id}").start()
         return f"cancelling {job_id}: it saves a checkpoint of the current step, then stops"
 
     def resume(self, job_id: str) -> str:
