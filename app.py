@@ -22,11 +22,13 @@ def main() -> None:
                         help="where training jobs and generated images live (default: ./studio-data)")
     parser.add_argument("--queue-size", type=int, default=int(env("STUDIO_QUEUE_SIZE") or 16),
                         help="requests waiting beyond this are turned away with a 'queue is full' message")
+    parser.add_argument("--max-upload-mb", type=int, default=int(env("STUDIO_MAX_UPLOAD_MB") or 200),
+                        help="larger uploads are refused before they reach the app (default: 200)")
     args = parser.parse_args()
     app = build_app(load_catalog(), args.family, args.device, args.data_dir)
     # One model run at a time per device (the compare and img2img events share one concurrency slot).
     app.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    app.launch(server_name=args.host, server_port=args.port)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ from studio.bench import synchronize
 from studio.catalog import Catalog
 from studio.images import square
 from studio.loading import load_pipeline
+from studio.options import check_text
 from studio.profiling import count_unet_macs, meta_unet
 from studio.progress import Callback, report
 
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
 MAX_UPSCALE = 2  # largest resolution: twice the model's native size
+MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens (a few hundred characters); the rest is cut, and the readout says so
 # Every scheduler is built from the model's own scheduler config (its betas and
 # prediction type). DDIM: PNDM configs carry clip_sample=True, which ruins v-prediction samples.
 SCHEDULERS = {
@@ -63,6 +65,8 @@ class Settings:
         """Raise ValueError naming what is wrong and what is allowed (the resolution once `native` is known)."""
         if not self.prompt or not self.prompt.strip():
             raise ValueError("the prompt is empty; describe the image to generate")
+        check_text("the prompt", self.prompt, MAX_PROMPT_CHARS)
+        check_text("the negative prompt", self.negative_prompt, MAX_PROMPT_CHARS)
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if not 0 <= self.guidance <= MAX_GUIDANCE:
@@ -91,6 +95,8 @@ class Result:
     macs_paper: int  # one U-Net call at this resolution, batch 1, conv + linear
     macs_total: int  # ... plus attention matrix products
     load_seconds: float = 0.0  # 0 when the model was already loaded
+    prompt_tokens: int = 0  # the prompt's length in tokens (with start and end) ...
+    max_tokens: int = 0  # ... and how many the text encoder reads; beyond that the prompt was cut
 
     @property
     def unet_step_seconds(self) -> float:
@@ -207,7 +213,9 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
     macs_paper, macs_total = cache.macs(name, resolution)
     return Result(model=name, image=image, seconds=seconds, unet_seconds=timer.seconds, settings=settings,
                   resolution=resolution, unet_params=sum(p.numel() for p in base.unet.parameters()),
-                  macs_paper=macs_paper, macs_total=macs_total, load_seconds=load_seconds)
+                  macs_paper=macs_paper, macs_total=macs_total, load_seconds=load_seconds,
+                  prompt_tokens=len(base.tokenizer(settings.prompt).input_ids),
+                  max_tokens=base.tokenizer.model_max_length)
 
 
 def compare(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,

@@ -110,7 +110,8 @@ def to_argv(config) -> list[str]:
     return argv
 
 
-def _check_text(name: str, text: str, max_length: int | None) -> None:
+def check_text(name: str, text: str, max_length: int | None) -> None:
+    """Plain text of at most `max_length` characters (tabs and newlines allowed), or ValueError naming `name`."""
     if any(ord(c) < 32 and c not in "\t\n" for c in text):
         raise ValueError(f"{name} contains control characters; use plain text")
     if max_length is not None and len(text) > max_length:
@@ -145,7 +146,7 @@ def check_fields(config) -> None:
                 if "max" in meta and item > meta["max"]:
                     raise ValueError(f"{name} must be at most {meta['max']:,}, got {item}")
             if base is str:
-                _check_text(name, item, meta.get("max_length"))
+                check_text(name, item, meta.get("max_length"))
             if "choices" in meta and item not in meta["choices"]:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {item!r}")
 

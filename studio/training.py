@@ -113,10 +113,12 @@ def latest_checkpoint(out: Path) -> Checkpoint | None:
     return max(found, key=lambda c: c.step, default=None)
 
 
-def save_checkpoint(out: Path, step: int, tensors: dict[str, dict], states: dict[str, dict]) -> Path:
+def save_checkpoint(out: Path, step: int, tensors: dict[str, dict], states: dict[str, dict],
+                    keep: int | None = None) -> Path:
     """checkpoints/step-NNNNNN with safetensors files (`tensors`), optimizer-like states (`states`,
     torch.save, read back with weights_only=True) and state.json; written beside and renamed into place,
-    so a kill mid-write never leaves a broken "latest"."""
+    so a kill mid-write never leaves a broken "latest". With `keep`, only the newest `keep` checkpoints
+    stay (removed once the new one is complete)."""
     final = Path(out) / "checkpoints" / f"step-{step:06d}"
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -128,6 +130,11 @@ def save_checkpoint(out: Path, step: int, tensors: dict[str, dict], states: dict
     (partial / "state.json").write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
+    if keep is not None:
+        complete = sorted((p for p in final.parent.glob("step-*") if p.name.removeprefix("step-").isdigit()),
+                          key=lambda p: int(p.name.removeprefix("step-")))
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

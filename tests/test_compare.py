@@ -22,6 +22,8 @@ from studio.ui.img2img import img2img_stream
     (Settings("a cat", resolution=30), "positive multiple of 8"),
     (Settings("a cat", resolution=72), "the most is 64"),
     (Settings("a cat", strength=0), "strength must be in (0, 1]"),
+    (Settings("a cat\x00"), "the prompt contains control characters"),
+    (Settings("a" * 2001), "the prompt is 2,001 characters long; at most 2,000 are allowed"),
 ])
 def test_bad_settings_name_what_is_allowed(settings, message):
     with pytest.raises(ValueError) as error:
@@ -39,6 +41,7 @@ def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
     assert [len(items) for items, _ in updates] == [1, 2] and "| tiny-small |" not in updates[0][1]
     items, readout = updates[-1]
     assert "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
+    assert "tokens long" not in readout
     student_row = next(line for line in readout.splitlines() if line.startswith("| tiny-small"))
     assert "x, " in student_row and "teacher not run" not in student_row
     # Progress events: both models loaded first, then every step of every model, in order.
@@ -59,6 +62,12 @@ def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
     assert np.array_equal(np.asarray(results[0].image), np.asarray(Image.open(items[0][0])))
     # A student shares its teacher's text encoder and VAE.
     assert cache.get("tiny-small").text_encoder is first.text_encoder and cache.get("tiny-small").vae is first.vae
+
+
+def test_the_readout_says_when_a_prompt_is_cut(tiny_catalog, tmp_path):
+    studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
+    _, readout = list(compare_stream(studio, ["tiny-small"], Settings("a cat " * 20, steps=1)))[-1]
+    assert "tokens long; the text encoder reads the first 16, so the rest was cut" in readout
 
 
 def test_resolution_changes_the_image_and_the_macs(tiny_catalog, tmp_path):

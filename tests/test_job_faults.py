@@ -133,3 +133,12 @@ def test_a_trainer_that_ignores_cancel_is_killed_after_the_grace_period(tiny_cat
         time.sleep(0.2)
     assert time.monotonic() - started >= 2  # not before the grace period
     assert jobs.state(job_id)[0] in ("interrupted", "cancelled")
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    import torch
+
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, {"w.safetensors": {"w": torch.full((2,), float(step))}}, {}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+    assert latest_checkpoint(tmp_path).tensors("w.safetensors")["w"][0] == 5.0

@@ -42,6 +42,8 @@ class DistillConfig:
     init: str = option("teacher", "the student's initial weights (random: for the ablation)",
                        choices=("teacher", "random"))
     checkpoint_every: int = option(500, "steps between checkpoints", min=1)
+    checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints (the result is kept apart)",
+                                          min=1, max=1000)
     log_every: int = option(10, "steps between metrics.csv rows", min=1)
     caption_dropout: float = option(0.0, "share of empty captions", min=0, max=1)
     seed: int = option(0, "base seed of every step's randomness", min=0, max=2**31 - 1)

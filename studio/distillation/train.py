@@ -137,7 +137,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                     if ema is not None:
                         tensors["ema.safetensors"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
                     save_checkpoint(out, done, tensors, {"optimizer.pt": optimizer.state_dict(),
-                                                         "scheduler.pt": scheduler.state_dict()})
+                                                         "scheduler.pt": scheduler.state_dict()},
+                                    keep=config.checkpoints_total_limit)
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
                                         out / "validation" / f"step-{done:06d}.png")

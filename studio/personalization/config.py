@@ -38,6 +38,8 @@ class DreamBoothConfig:
     guidance: float = option(7.5, "guidance of class and validation images", min=0, max=100)
     gradient_checkpointing: bool = option(True, "trade compute for memory")
     checkpoint_every: int = option(200, "steps between checkpoints", min=1)
+    checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints (the result is kept apart)",
+                                          min=1, max=1000)
     log_every: int = option(10, "steps between metrics.csv rows", min=1)
     validation_prompts: tuple[str, ...] = option((), "repeatable; images at every checkpoint",
                                                  flag="validation-prompt", max_length=1000)

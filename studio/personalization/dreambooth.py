@@ -150,7 +150,8 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
                            "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 2)})
             report(callback, "dreambooth", done, config.steps, loss=losses["loss_total"])
             if due(done, config.checkpoint_every, config.steps) or stop.requested:
-                save_checkpoint(out, done, {"trainable.safetensors": trainable}, {"optimizer.pt": optimizer.state_dict()})
+                save_checkpoint(out, done, {"trainable.safetensors": trainable}, {"optimizer.pt": optimizer.state_dict()},
+                                keep=config.checkpoints_total_limit)
                 if config.validation_prompts:
                     validation_row(pipeline, config, out / "validation" / f"step-{done:06d}.png")
             if stop.requested:

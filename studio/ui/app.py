@@ -16,7 +16,8 @@ from studio.ui.common import Studio
 def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu",
               data_dir: Path | str = "studio-data") -> gr.Blocks:
     studio = Studio.create(catalog, family, device, Path(data_dir))
-    with gr.Blocks(title="BK-SDM Studio") as app:
+    # Gradio's copies of uploads and outputs: checked hourly, deleted after a day (jobs keep their own copies).
+    with gr.Blocks(title="BK-SDM Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BK-SDM Studio\nCompress Stable Diffusion by block removal (BK-SDM, arXiv 2305.15798) "
                     "and see what it costs.")
         shared = compare.build(app, studio)

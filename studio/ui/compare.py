@@ -29,6 +29,9 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
         lines.append(f"| {r.model} | {r.seconds:.3f} s | {r.unet_step_seconds * 1000:.1f} ms | {speed} | "
                      f"{r.unet_params:,} | {r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
     first = results[0]
+    if first.prompt_tokens > first.max_tokens:
+        lines.append(f"\nThe prompt is {first.prompt_tokens} tokens long; the text encoder reads the first "
+                     f"{first.max_tokens}, so the rest was cut.")
     lines.append(f"\n{first.resolution}x{first.resolution}, {first.settings.steps} steps, {first.settings.scheduler}, "
                  f"guidance {first.settings.guidance}, seed {first.settings.seed}, on {device}. "
                  "Timings exclude loading (models are warmed up first); the device is synchronized around every "
