@@ -20,5 +20,5 @@ def register_judge(name: str, judge: Callable) -> None:
 def get_judge(name: str) -> Callable:
     if name not in JUDGES:
         raise KeyError(f"no judge {name!r} is registered (known: {', '.join(JUDGES) or 'none'}); the module that "
-                       "provides it registers it when imported (the toy world: import studio.toy)")
+                       "provides it registers it when imported (the toy world's package registers 'toy')")
     return JUDGES[name]
