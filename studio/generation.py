@@ -94,7 +94,7 @@ class Result:
     unet_params: int
     macs_paper: int  # one U-Net call at this resolution, batch 1, conv + linear
     macs_total: int  # ... plus attention matrix products
-    load_seconds: float = 0.0  # 0 when the model was already loaded
+    load_seconds: float = 0.0  # set by compare_iter; 0 when the model was already loaded
     prompt_tokens: int = 0  # the prompt's length in tokens (with start and end) ...
     max_tokens: int = 0  # ... and how many the text encoder reads; beyond that the prompt was cut
 
@@ -179,10 +179,7 @@ class _UNetTimer:
 def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: Image.Image | None = None,
               callback: Callback | None = None, index: int = 0, models: int = 1) -> Result:
     """One image from one model; img2img when `init_image` is given."""
-    was_loaded = cache.loaded(name)
-    start = time.perf_counter()
     base = cache.get(name)
-    load_seconds = 0.0 if was_loaded else time.perf_counter() - start
     native = native_resolution(base)
     settings.check(native)
     resolution = settings.resolution or native
@@ -213,7 +210,7 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
     macs_paper, macs_total = cache.macs(name, resolution)
     return Result(model=name, image=image, seconds=seconds, unet_seconds=timer.seconds, settings=settings,
                   resolution=resolution, unet_params=sum(p.numel() for p in base.unet.parameters()),
-                  macs_paper=macs_paper, macs_total=macs_total, load_seconds=load_seconds,
+                  macs_paper=macs_paper, macs_total=macs_total,
                   prompt_tokens=len(base.tokenizer(settings.prompt).input_ids),
                   max_tokens=base.tokenizer.model_max_length)
 

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import string
+from contextlib import contextmanager
 
 # Before anything imports huggingface_hub: tests never reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,19 +134,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served_app(tiny_catalog, tmp_path):
-    """The app on the tiny family, served on a free port; yields (gradio_client Client, port, data dir)."""
-    from gradio_client import Client
-
+@contextmanager
+def serve_app(catalog, data_dir, queue_size: int | None = None):
+    """The app on the tiny family, served on a free port; yields its URL. On exit the server closes and any
+    job it left running is killed."""
     from studio.ui.app import build_app
 
-    app = build_app(tiny_catalog, family="tiny", data_dir=tmp_path / "data")
+    app = build_app(catalog, family="tiny", data_dir=data_dir)
     port = free_port()
-    app.queue(max_size=4, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
-                                                               prevent_thread_lock=True)
+    app.queue(max_size=queue_size, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
+                                                                        prevent_thread_lock=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), port, tmp_path / "data"
+        yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
-        stop_jobs(tmp_path / "data")
+        stop_jobs(data_dir)
+
+
+@pytest.fixture
+def served_app(tiny_catalog, tmp_path):
+    """(gradio_client Client, URL, data dir) of the app on the tiny family."""
+    from gradio_client import Client
+
+    with serve_app(tiny_catalog, tmp_path / "data", queue_size=4) as url:
+        yield Client(url, verbose=False), url, tmp_path / "data"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, stop_jobs
+from conftest import serve_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -36,11 +36,6 @@ def browser(tiny_catalog, tmp_path):
     """(driver, page url, screenshot folder, data folder) with the app on the tiny family."""
     from selenium import webdriver
 
-    from studio.ui.app import build_app
-
-    app = build_app(tiny_catalog, family="tiny", data_dir=tmp_path / "data")
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -50,11 +45,10 @@ def browser(tiny_catalog, tmp_path):
     shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        yield driver, f"http://127.0.0.1:{port}/", shots, tmp_path / "data"
+        with serve_app(tiny_catalog, tmp_path / "data") as url:
+            yield driver, url, shots, tmp_path / "data"
     finally:
         driver.quit()
-        app.close()
-        stop_jobs(tmp_path / "data")
 
 
 def body(driver) -> str:
