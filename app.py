@@ -2,11 +2,14 @@
 
 import argparse
 import os
+from dataclasses import fields
 
 import studio  # noqa: F401  (torchvision compatibility before gradio imports transformers)
 import studio.toy  # noqa: F401  (the toy world plugs in its data source and judge)
 from studio.catalog import load_catalog
+from studio.options import add_arguments, from_args
 from studio.ui.app import build_app
+from studio.ui.hosting import Hosting, launch_options
 
 
 def main() -> None:
@@ -22,13 +25,18 @@ def main() -> None:
                         help="where training jobs and generated images live (default: ./studio-data)")
     parser.add_argument("--queue-size", type=int, default=int(env("STUDIO_QUEUE_SIZE") or 16),
                         help="requests waiting beyond this are turned away with a 'queue is full' message")
-    parser.add_argument("--max-upload-mb", type=int, default=int(env("STUDIO_MAX_UPLOAD_MB") or 200),
-                        help="larger uploads are refused before they reach the app (default: 200)")
+    hosting = parser.add_argument_group("hosting (public mode: --public, or the SPACE_ID variable)")
+    add_arguments(hosting, Hosting)
+    for f in fields(Hosting):  # every hosting flag can also come from a STUDIO_<NAME> variable
+        if (value := env(f"STUDIO_{f.name.upper()}")) is not None:
+            parser.set_defaults(**{f.name: value.lower() in ("1", "true", "yes") if f.type is bool
+                                   else f.type(value)})
     args = parser.parse_args()
-    app = build_app(load_catalog(), args.family, args.device, args.data_dir)
+    hosting = from_args(Hosting, args)
+    app = build_app(load_catalog(), args.family, args.device, args.data_dir, hosting)
     # One model run at a time per device (the compare and img2img events share one concurrency slot).
     app.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb")
+    app.launch(server_name=args.host, server_port=args.port, **launch_options(hosting))
 
 
 if __name__ == "__main__":

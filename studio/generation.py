@@ -120,11 +120,13 @@ class PipelineCache:
     def loaded(self, name: str) -> bool:
         return name in self._pipelines
 
-    def get(self, name: str) -> StableDiffusionPipeline:
+    def get(self, name: str, catalog: Catalog | None = None) -> StableDiffusionPipeline:
+        """The pipeline of `name`, looked up in `catalog` (default: the cache's) when it is not loaded yet."""
+        catalog = catalog or self.catalog
         if name not in self._pipelines:
-            entry = self.catalog.get(name)
-            teacher = self.get(entry.teacher) if entry.role == "student" else None
-            pipeline = load_pipeline(name, self.catalog, self.dtype, teacher=teacher).to(self.device)
+            entry = catalog.get(name)
+            teacher = self.get(entry.teacher, catalog) if entry.role == "student" else None
+            pipeline = load_pipeline(name, catalog, self.dtype, teacher=teacher).to(self.device)
             pipeline.set_progress_bar_config(disable=True)
             _warm_up(pipeline)
             self._pipelines[name] = pipeline
@@ -222,20 +224,22 @@ def compare(cache: PipelineCache, models: list[str], settings: Settings, init_im
 
 
 def compare_iter(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
-                 callback: Callback | None = None):
+                 callback: Callback | None = None, catalog: Catalog | None = None):
     """`compare`, one result at a time. Every model is loaded before the first image: a model that can't be
-    had stops the comparison before any generation time is spent."""
+    had stops the comparison before any generation time is spent. Only models of `catalog` (default: the
+    cache's) can be chosen, even when the cache holds others."""
+    catalog = catalog or cache.catalog
     if not models:
-        raise ValueError("no model chosen; pick at least one")
+        raise ValueError("models: none chosen; pick at least one")
     settings.check()
-    unknown = [m for m in models if m not in cache.catalog]
+    unknown = [m for m in models if m not in catalog]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; the catalogue has: {', '.join(cache.catalog.names())}")
+        raise ValueError(f"models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(catalog.names())}")
     load_seconds = {}
     for i, name in enumerate(models):
         report(callback, "load", i, len(models), model=name)
         started, was_loaded = time.perf_counter(), cache.loaded(name)
-        settings.check(native_resolution(cache.get(name)))
+        settings.check(native_resolution(cache.get(name, catalog)))
         load_seconds[name] = 0.0 if was_loaded else time.perf_counter() - started
     for i, name in enumerate(models):
         result = run_model(cache, name, settings, init_image, callback, i, len(models))

@@ -27,13 +27,15 @@ from pathlib import Path
 
 import psutil
 
-from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, ModelEntry, entries_beyond_packaged, write_catalog
+from studio.budget import JobLimits, check_caps, check_disk, check_running, estimate_job_bytes, folder_bytes
+from studio.catalog import (EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, ModelEntry, entries_beyond_packaged, load_catalog,
+                            write_catalog)
 from studio.commands import config_from_json, job_argv
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, a job has this long to checkpoint and stop before SIGKILL
-MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
 MAX_ZIP_MEMBERS = 100_000
+_admission = threading.Lock()  # quota checks and launches, one at a time in this process
 
 
 class JobError(ValueError):
@@ -105,8 +107,8 @@ def read_metrics(run: Path) -> list[dict]:
     return [row for row in numbers if "step" in row and "seconds" in row]  # seconds is written last
 
 
-def extract_dataset_zip(upload: Path, dest: Path) -> Path:
-    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe or oversized archives.
+def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits()) -> Path:
+    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe, oversized or bomb-like archives.
 
     Returns the folder holding metadata.jsonl (the zip's root or its single top folder).
     """
@@ -118,9 +120,13 @@ def extract_dataset_zip(upload: Path, dest: Path) -> Path:
         members = archive.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
             raise JobError(f"the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
-        total = sum(m.file_size for m in members)
-        if total > MAX_ZIP_BYTES:
-            raise JobError(f"the zip unpacks to {total / 1e9:.1f} GB; the most allowed is {MAX_ZIP_BYTES / 1e9:.1f} GB")
+        total, packed = sum(m.file_size for m in members), sum(m.compress_size for m in members)
+        if total > limits.max_zip_bytes:
+            raise JobError(f"data: the zip unpacks to {total / 1e9:.2f} GB; at most {limits.max_zip_bytes / 1e9:.2f} GB "
+                           "is allowed")
+        if total > limits.max_zip_ratio * max(packed, 1) and total > 1024**2:
+            raise JobError(f"data: the zip unpacks to {total / max(packed, 1):.0f} times its size; at most "
+                           f"{limits.max_zip_ratio:.0f} times is allowed (images barely compress; is it a zip bomb?)")
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         for member in members:
@@ -137,11 +143,16 @@ def extract_dataset_zip(upload: Path, dest: Path) -> Path:
 
 
 class JobManager:
-    """Start, list, cancel and resume jobs under one folder."""
+    """Start, list, cancel and resume jobs under one folder, within `limits`.
 
-    def __init__(self, root: Path | str):
+    `running_elsewhere()` counts the running jobs of other managers (other visitors) for the total quota.
+    The owner's disk use is everything under the folder's parent (its jobs and images).
+    """
+
+    def __init__(self, root: Path | str, limits: JobLimits = JobLimits(), running_elsewhere=lambda: 0):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.limits, self.running_elsewhere = limits, running_elsewhere
         self._children: dict[str, subprocess.Popen] = {}  # runners this process started, reaped on poll
 
     def folder(self, job_id: str) -> Path:
@@ -163,8 +174,13 @@ class JobManager:
         `prepare(folder)` may fill the folder (unpack data, copy photos) and returns config fields to
         set (e.g. {"data": path}). The command sees the models of `catalog` beyond the packaged ones
         (the job's catalog.json, as $STUDIO_MODELS). If preparing or checking fails, the new folder is
-        removed and nothing else is touched.
+        removed and nothing else is touched. Caps, running-job quotas and the disk estimate are checked first.
         """
+        config.check()
+        check_caps(self.limits, config)
+        self.check_room(1)
+        check_disk(estimate_job_bytes(command, config, catalog or load_catalog()), self.root, self.limits,
+                   folder_bytes(self.root.parent) if self.limits.max_owner_bytes is not None else 0)
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
         folder.mkdir()
@@ -172,14 +188,26 @@ class JobManager:
             config = replace(config, out=str(folder / "run"), **(prepare(folder) if prepare else {}))
             config.check()
             write_catalog(entries_beyond_packaged(catalog) if catalog else [], folder / "catalog.json")
+            spec = {"id": job_id, "kind": command, "name": name, "config": asdict(config), "steps": total_steps,
+                    "created": time.time(), **(extra or {})}
+            with _admission:  # two starts at once can't both take the last slot
+                self.check_room(1)
+                write_json(folder / "job.json", spec)
+                self._launch(folder)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        spec = {"id": job_id, "kind": command, "name": name, "config": asdict(config), "steps": total_steps,
-                "created": time.time(), **(extra or {})}
-        write_json(folder / "job.json", spec)
-        self._launch(folder)
         return job_id
+
+    def running(self) -> int:
+        return sum(1 for job_id in self.ids() if self.state(job_id)[0] == "running")
+
+    def check_room(self, new: int) -> None:
+        """Raise QuotaError when `new` more jobs would pass the running-job quotas."""
+        if self.limits.max_running is None and self.limits.max_running_total is None:
+            return
+        mine = self.running()
+        check_running(self.limits, new, mine, mine + self.running_elsewhere())
 
     def _launch(self, folder: Path) -> None:
         (folder / "exit.json").unlink(missing_ok=True)
@@ -270,15 +298,16 @@ class JobManager:
         return f"cancelling {job_id}: it saves a checkpoint of the current step, then stops"
 
     def resume(self, job_id: str) -> str:
-        state, _ = self.state(job_id)
-        if state not in ("cancelled", "failed", "interrupted"):
-            raise JobError(f"job {job_id} is {state}; only cancelled, failed or interrupted jobs resume")
-        folder = self.folder(job_id)
-        spec = self.spec(job_id)
-        if not spec["config"].get("resume"):  # the runner runs what job.json says
-            spec["config"]["resume"] = True
-            write_json(folder / "job.json", spec)
-        self._launch(folder)
+        folder, spec = self.folder(job_id), self.spec(job_id)
+        with _admission:  # two resumes at once: the second sees the first's runner and is refused
+            state, _ = self.state(job_id)
+            if state not in ("cancelled", "failed", "interrupted"):
+                raise JobError(f"job {job_id} is {state}; only cancelled, failed or interrupted jobs resume")
+            self.check_room(1)
+            if not spec["config"].get("resume"):  # the runner runs what job.json says
+                spec["config"]["resume"] = True
+                write_json(folder / "job.json", spec)
+            self._launch(folder)
         return f"resumed {job_id}"
 
     def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> str:

@@ -116,16 +116,17 @@ def stop_jobs(data_dir) -> None:
 
     from studio.jobs import JobManager
 
-    if not (data_dir / "jobs").is_dir():
-        return
-    jobs = JobManager(data_dir / "jobs")
-    for job_id in jobs.ids():
-        if jobs.state(job_id)[0] == "running":
-            pid = json.loads((jobs.folder(job_id) / "runner.json").read_text())["pid"]
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    for root in [data_dir / "jobs", *data_dir.glob("visitors/*/jobs")]:  # local and public mode
+        if not root.is_dir():
+            continue
+        jobs = JobManager(root)
+        for job_id in jobs.ids():
+            if jobs.state(job_id)[0] == "running":
+                pid = json.loads((jobs.folder(job_id) / "runner.json").read_text())["pid"]
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def free_port() -> int:
@@ -135,15 +136,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(catalog, data_dir, queue_size: int | None = None):
-    """The app on the tiny family, served on a free port; yields its URL. On exit the server closes and any
-    job it left running is killed."""
+def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None):
+    """The app on the tiny family (local, or as `hosting` says), served on a free port; yields its URL. On exit
+    the server closes and any job it left running is killed."""
     from studio.ui.app import build_app
+    from studio.ui.hosting import Hosting, launch_options
 
-    app = build_app(catalog, family="tiny", data_dir=data_dir)
+    hosting = hosting or Hosting(public=False)
+    app = build_app(catalog, family="tiny", data_dir=data_dir, hosting=hosting)
     port = free_port()
-    app.queue(max_size=queue_size, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
-                                                                        prevent_thread_lock=True)
+    app.queue(max_size=queue_size, default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(hosting))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

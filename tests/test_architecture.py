@@ -25,6 +25,8 @@ FORBIDDEN = {
     "studio.evaluation": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
     "studio.jobs": ("studio.ui", "studio.cli", "studio.toy"),
     "studio.commands": ("studio.ui", "studio.cli", "studio.jobs", "studio.toy"),
+    "studio.budget": ("studio.ui", "studio.cli", "studio.jobs", "studio.workspaces", "studio.toy"),
+    "studio.workspaces": ("studio.ui", "studio.cli", "studio.toy"),
     "studio.ui": ("studio.cli", "studio.toy"),
     "studio.toy": ("studio.ui", "studio.cli", "studio.jobs"),
 }

@@ -33,7 +33,7 @@ def test_bad_settings_name_what_is_allowed(settings, message):
 
 def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
     studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
-    cache, history = studio.cache, studio.history
+    cache, history = studio.cache, studio.workspace().history
     events = []
     settings = Settings("a cat", seed=7, steps=3, guidance=2.0, scheduler="DDIM")
     updates = list(compare_stream(studio, ["tiny-teacher", "tiny-small"], settings, callback=events.append))
@@ -82,14 +82,14 @@ def test_resolution_changes_the_image_and_the_macs(tiny_catalog, tmp_path):
 def test_compare_bad_input_is_refused_before_any_image(tiny_catalog, tmp_path):
     studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
     for models, prompt, resolution, message in [
-        ([], "a cat", None, "no model chosen"),
+        ([], "a cat", None, "models: none chosen"),
         (["tiny-teacher"], " ", None, "prompt is empty"),
         (["tiny-teacher"], "a cat", 36, "multiple of 8"),
-        (["tiny-teacher", "nope"], "a cat", None, "unknown model"),
+        (["tiny-teacher", "nope"], "a cat", None, "models: unknown"),
     ]:
         with pytest.raises(ValueError, match=message):
             list(compare_stream(studio, models, Settings(prompt, steps=2, resolution=resolution)))
-    assert studio.history.recent() == []
+    assert studio.workspace().history.recent() == []
 
 
 def test_a_model_that_cannot_be_loaded_stops_compare_before_generation(tiny_catalog, tmp_path):
@@ -103,7 +103,7 @@ def test_a_model_that_cannot_be_loaded_stops_compare_before_generation(tiny_cata
     with pytest.raises(ModelUnavailableError, match="tiny-missing"):
         list(compare_stream(studio, ["tiny-teacher", "tiny-missing"], Settings("a cat", steps=2),
                             callback=events.append))
-    assert [e.task for e in events] == ["load", "load"] and studio.history.recent() == []
+    assert [e.task for e in events] == ["load", "load"] and studio.workspace().history.recent() == []
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
@@ -117,7 +117,7 @@ def test_every_scheduler_draws_what_the_toy_prompt_asks(catalog, scheduler):
 
 def test_img2img_keeps_the_input_at_low_strength(catalog, tmp_path):
     studio = Studio.create(catalog, "toy", "cpu", tmp_path)
-    history = studio.history
+    history = studio.workspace().history
     source = make_example(3, seed=5)[0]
     path = tmp_path / "input.png"
     source.save(path)

@@ -68,7 +68,7 @@ def test_app_end_to_end_with_gradio_client(served_app, tmp_path):
     assert "| tiny-teacher |" in readout and "| tiny-small |" in readout and len(history) == 2
     assert '"scheduler": "Euler"' in Image.open(gallery_path(gallery[1])).text["studio"]  # settings survive serving
     # Bad input: the client's call raises with the message, and nothing is generated.
-    for models, prompt, message in [([], "a cat", "no model chosen"), (["tiny-teacher"], " ", "prompt is empty"),
+    for models, prompt, message in [([], "a cat", "models: none chosen"), (["tiny-teacher"], " ", "prompt is empty"),
                                     (["tiny-teacher", "nope"], "a cat", "'nope'.*not in the list of choices")]:
         with pytest.raises(AppError, match=message):
             client.predict(models, prompt, "", 3, 2, 2.0, "Euler", 0, api_name="/compare")

@@ -11,11 +11,15 @@ import gradio as gr
 from studio.catalog import Catalog
 from studio.ui import compare, dreambooth, evaluate, img2img, models, train
 from studio.ui.common import Studio
+from studio.ui.hosting import Hosting
 
 
-def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu",
-              data_dir: Path | str = "studio-data") -> gr.Blocks:
-    studio = Studio.create(catalog, family, device, Path(data_dir))
+def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu", data_dir: Path | str = "studio-data",
+              hosting: Hosting | None = None) -> gr.Blocks:
+    """The app; `hosting` says local (the default: one user) or public (visitors apart, quotas, expiry)."""
+    studio = Studio.create(catalog, family, device, Path(data_dir), hosting)
+    if studio.hosting.public:
+        studio.workspaces.clean_periodically()  # expired work goes now and every hour
     # Gradio's copies of uploads and outputs: checked hourly, deleted after a day (jobs keep their own copies).
     with gr.Blocks(title="BK-SDM Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BK-SDM Studio\nCompress Stable Diffusion by block removal (BK-SDM, arXiv 2305.15798) "

@@ -15,16 +15,18 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from studio.budget import QuotaError
 from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
 from studio.compression import CompressionError
 from studio.generation import MAX_GUIDANCE, MAX_STEPS, SCHEDULERS, PipelineCache
-from studio.history import History
 from studio.jobs import JobError, JobManager, read_metrics
 from studio.loading import ModelUnavailableError
 from studio.training import TrainingError
+from studio.ui.hosting import Hosting, identity
+from studio.workspaces import Workspace, Workspaces
 
 INPUT_ERRORS = (ValueError, UnknownModelError, CatalogError, ModelUnavailableError, CompressionError, JobError,
-                TrainingError)
+                TrainingError, QuotaError)
 ZEROGPU_NOTE = ("Training runs as a background process on this machine. On a ZeroGPU Space it gets no GPU "
                 "(ZeroGPU lends one only inside a request), so train on dedicated hardware.")
 LOSS_COLUMNS = ["step", "loss", "term"]
@@ -56,34 +58,48 @@ def user_errors():
 
 @dataclass
 class Studio:
-    """Everything the tabs work with: the catalogue, the family shown, the device, jobs, history and models."""
+    """Everything the tabs work with: the catalogue, the family shown, the device, the pipelines, and each
+    visitor's workspace (jobs and image history; one shared workspace in local mode)."""
 
-    catalog: Catalog  # the catalogue the app started with; finished jobs' students join it in `current_catalog`
+    catalog: Catalog  # the catalogue the app started with; a workspace's finished students join it
     family: Family
     device: str
-    jobs: JobManager
-    history: History
     cache: PipelineCache
+    workspaces: Workspaces
+    hosting: Hosting
 
     @classmethod
-    def create(cls, catalog: Catalog, family: str, device: str, data_dir: Path) -> "Studio":
-        jobs = JobManager(Path(data_dir) / "jobs")
-        studio = cls(catalog, catalog.family(family), device, jobs, History(Path(data_dir) / "history"),
-                     PipelineCache(catalog, device))
+    def create(cls, catalog: Catalog, family: str, device: str, data_dir: Path,
+               hosting: Hosting | None = None) -> "Studio":
+        hosting = hosting or Hosting(public=False)
+        hosting.check()
+        workspaces = Workspaces(data_dir, hosting.public, hosting.limits(), hosting.expire_seconds)
+        studio = cls(catalog, catalog.family(family), device, PipelineCache(catalog, device), workspaces, hosting)
         if not studio.models():
             families = sorted({e.family for e in catalog})
             raise ValueError(f"no teacher of family {family!r} in the catalogue; families: {', '.join(families)}")
         return studio
 
-    def current_catalog(self) -> Catalog:
-        """The catalogue plus the students finished training jobs made (the cache follows it)."""
-        extra = [e for e in self.jobs.finished_students() if e.name not in self.catalog and e.teacher in self.catalog]
-        self.cache.catalog = self.catalog.with_entries(extra) if extra else self.catalog
-        return self.cache.catalog
+    def workspace(self, request: gr.Request | None = None) -> Workspace:
+        """The asking visitor's workspace (public mode), or the one workspace (local mode)."""
+        return self.workspaces.get(identity(request) if self.hosting.public else None)
 
-    def models(self) -> list[str]:
+    def shown_at_build(self) -> Workspace | None:
+        """The workspace whose work a freshly built page may show: only locally (public pages fill in on load)."""
+        return None if self.hosting.public else self.workspace()
+
+    def current_catalog(self, workspace: Workspace | None = None) -> Catalog:
+        """The catalogue plus the students the workspace's finished training jobs made."""
+        workspace = workspace or self.shown_at_build()
+        if workspace is None:
+            return self.catalog
+        extra = [e for e in workspace.jobs.finished_students() if e.name not in self.catalog
+                 and e.teacher in self.catalog]
+        return self.catalog.with_entries(extra) if extra else self.catalog
+
+    def models(self, workspace: Workspace | None = None) -> list[str]:
         """The family's teacher(s) first, then their students."""
-        return family_models(self.current_catalog(), self.family.name)
+        return family_models(self.current_catalog(workspace), self.family.name)
 
 
 def family_models(catalog: Catalog, family: str) -> list[str]:
@@ -91,9 +107,14 @@ def family_models(catalog: Catalog, family: str) -> list[str]:
     return teachers + [s.name for t in teachers for s in catalog.students_of(t)]
 
 
-def refresh_models(studio: Studio, chosen: list[str] | None):
-    models = studio.models()
-    return gr.update(choices=models, value=[m for m in chosen or [] if m in models])
+def refresh_models_on_visit(app: gr.Blocks, tab: gr.Tab, studio: Studio, models: gr.CheckboxGroup) -> None:
+    """The model choices read again (the visitor's finished students join them) on page load and tab visit."""
+    def refresh(chosen, request: gr.Request):
+        with user_errors():
+            names = studio.models(studio.workspace(request))
+            return gr.update(choices=names, value=[m for m in chosen or [] if m in names])
+
+    gr.on([app.load, tab.select], refresh, models, models, api_visibility="private", queue=False)
 
 
 def generation_controls(family: Family) -> list:
@@ -174,14 +195,15 @@ def job_action(action, job_ids) -> str:
 class JobMonitor:
     """A job list of one kind, its table, and the selected job's status, loss plot and latest image.
 
-    The choices are read again on every page load and tab visit, so a job started since is selectable;
-    the view polls every few seconds outside the generation queue.
+    Everything shown is the asking visitor's. The choices are read again on every page load and tab visit,
+    so a job started since is selectable; the view polls every few seconds outside the generation queue.
     """
 
     def __init__(self, studio: Studio, kind: str, label: str, image_label: str, multiselect: bool = False,
                  loss_plot: bool = True):
         self.studio, self.kind = studio, kind
-        ids = studio.jobs.ids(kind)
+        local = studio.shown_at_build()
+        ids = local.jobs.ids(kind) if local else []
         self.job = gr.Dropdown(ids, value=[] if multiselect else (ids or [None])[0], multiselect=multiselect,
                                label=label)
         self.table = gr.Dataframe(headers=JOB_HEADERS, label="Jobs (state on disk; survives restarts)",
@@ -193,35 +215,39 @@ class JobMonitor:
         self.text = gr.Markdown()
         self.outputs = [c for c in (self.table, self.plot, self.text, self.image) if c is not None]
 
-    def status(self, selected) -> tuple:
+    def status(self, jobs: JobManager, selected) -> tuple:
         """(jobs table, loss curves of the first selected job, status of each, its latest image)."""
         selected = [selected] if isinstance(selected, str) else list(selected or [])
         texts, curves, image = [], [], None
         for job_id in selected:
-            job_curves, text, job_image = job_view(self.studio.jobs, job_id)
+            job_curves, text, job_image = job_view(jobs, job_id)
             texts.append(text)
             if len(texts) == 1:
                 curves, image = job_curves, job_image
-        rows = job_rows(self.studio.jobs, self.kind)
+        rows = job_rows(jobs, self.kind)
         text = "\n\n".join(texts) or ("No job selected." if rows else "No jobs yet.")
         # No data is None, not an empty frame: after an empty frame gradio's plot never draws the lines that follow.
         frame = pd.DataFrame(curves, columns=LOSS_COLUMNS).astype({"step": float, "loss": float, "term": str}) \
             if curves else None
         return rows, frame, text, image
 
-    def choices(self, selected):
-        ids = self.studio.jobs.ids(self.kind)
+    def choices(self, jobs: JobManager, selected):
+        ids = jobs.ids(self.kind)
         if self.job.multiselect:
             return gr.update(choices=ids, value=[j for j in selected or [] if j in ids])
         return gr.update(choices=ids, value=selected if selected in ids else (ids or [None])[0])
 
     def wire(self, app: gr.Blocks, tab: gr.Tab, api_name: str) -> None:
-        def show(selected):
+        def show(selected, request: gr.Request):
             with user_errors():
-                rows, curves, text, image = self.status(selected)
+                rows, curves, text, image = self.status(self.studio.workspace(request).jobs, selected)
                 return (rows, curves, text, image) if self.plot else (rows, text, image)
 
-        gr.on([app.load, tab.select], self.choices, self.job, self.job, api_visibility="private", queue=False)
+        def choices(selected, request: gr.Request):
+            with user_errors():
+                return self.choices(self.studio.workspace(request).jobs, selected)
+
+        gr.on([app.load, tab.select], choices, self.job, self.job, api_visibility="private", queue=False)
         self.job.change(show, self.job, self.outputs, api_visibility="private", queue=False)
         gr.Timer(POLL_SECONDS).tick(show, self.job, self.outputs, api_name=api_name, queue=False,
                                     concurrency_limit=None, show_progress="hidden")

@@ -3,7 +3,9 @@
 import gradio as gr
 
 from studio.generation import Result, Settings, compare_iter, speedups
-from studio.ui.common import Studio, generation_controls, on_gpu, progress_callback, refresh_models, user_errors
+from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
+                              user_errors)
+from studio.workspaces import Workspace
 
 READOUT_HEADER = ["| model | total | U-Net / step | speed-up (total, U-Net) | U-Net params | "
                   "G MACs / step (conv+linear; +attn) | loading |",
@@ -40,17 +42,20 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
     return "\n".join(lines)
 
 
-def compare_stream(studio: Studio, models: list[str], settings: Settings, init_image=None, callback=None):
+def compare_stream(studio: Studio, models: list[str], settings: Settings, init_image=None, callback=None,
+                   workspace: Workspace | None = None):
     """Yields (gallery items [(png path, caption)], readout markdown) after each model: every chosen model is
-    loaded first, so one that can't be had stops the run before any image is made."""
+    loaded first, so one that can't be had stops the run before any image is made. Only the catalogue's models
+    and the workspace's own students can be chosen; images go to the workspace's history."""
+    workspace = workspace or studio.workspace()
     models = list(dict.fromkeys(models or []))
-    catalog = studio.current_catalog()
+    catalog = studio.current_catalog(workspace)
     teachers = {catalog.get(m).teacher or m for m in models if m in catalog}
     teacher = teachers.pop() if len(teachers) == 1 else None
     items, results = [], []
-    for result in compare_iter(studio.cache, models, settings, init_image, callback):
+    for result in compare_iter(studio.cache, models, settings, init_image, callback, catalog):
         metadata = {**result.metadata(), "mode": "img2img" if init_image is not None else "txt2img"}
-        path = studio.history.save(result.image, metadata)
+        path = workspace.history.save(result.image, metadata)
         items.append((str(path), f"{result.model}: {result.seconds:.2f} s"))
         results.append(result)
         yield list(items), readout_table(results, teacher, str(studio.cache.device))
@@ -59,6 +64,7 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings, init_i
 def build(app: gr.Blocks, studio: Studio) -> dict:
     """Lay out the tab and wire it; returns the components other tabs use (history, selected image)."""
     models_now = studio.models()
+    local = studio.shown_at_build()
     with gr.Tab("Compare") as tab:
         models = gr.CheckboxGroup(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
         controls = generation_controls(studio.family)
@@ -68,15 +74,21 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         readout = gr.Markdown()
         send = gr.Button("Send the selected image to img2img", size="sm")
         history = gr.Gallery(label="Recent runs (PNGs carry their settings)", columns=8, height=200,
-                             value=studio.history.recent(), format="png")
+                             value=local.history.recent() if local else [], format="png")
         selected = gr.State(None)
 
     @on_gpu
-    def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, progress=gr.Progress()):
+    def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, request: gr.Request,
+                   progress=gr.Progress()):
         with user_errors():
+            workspace = studio.workspace(request)
             settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution)
-            for items, text in compare_stream(studio, chosen, settings, callback=progress_callback(progress)):
-                yield items, text, studio.history.recent()
+            for items, text in compare_stream(studio, chosen, settings, None, progress_callback(progress), workspace):
+                yield items, text, workspace.history.recent()
+
+    def on_load(request: gr.Request):
+        with user_errors():
+            return studio.workspace(request).history.recent()
 
     def on_select(items, event: gr.SelectData):
         return items[event.index][0] if items else None
@@ -84,6 +96,6 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     run.click(on_compare, [models, *controls], [gallery, readout, history], api_name="compare",
               concurrency_id="device", concurrency_limit=1)
     gallery.select(on_select, gallery, selected, api_visibility="private")
-    gr.on([app.load, tab.select], lambda chosen: refresh_models(studio, chosen), models, models,
-          api_visibility="private", queue=False)
+    app.load(on_load, None, history, api_visibility="private", queue=False)
+    refresh_models_on_visit(app, tab, studio, models)
     return {"history": history, "selected": selected, "send": send}

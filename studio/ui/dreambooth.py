@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,9 @@ from studio.personalization.config import DreamBoothConfig
 from studio.personalization.dreambooth import load_personalized
 from studio.personalization.photos import PhotoLimits, check_photos, import_photos
 from studio.profiling import input_geometry
-from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, on_gpu, user_errors
+from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, on_gpu, refresh_models_on_visit,
+                              user_errors)
+from studio.workspaces import Workspace
 
 
 def prompts(identifier: str, class_phrase: str) -> tuple[str, str]:
@@ -49,11 +52,14 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
         config.check()
         configs.append((config, resolution))
     paths = [Path(p) for p in (photos or [])]
-    check_photos(paths, PhotoLimits(min_side=max(r for _, r in configs)))
+    limits = PhotoLimits(min_side=max(r for _, r in configs), max_photos=jobs.limits.max_photos,
+                         max_bytes=jobs.limits.max_photo_bytes)
+    check_photos(paths, limits)
+    jobs.check_room(len(configs))  # all of them or none
     job_ids = []
     for config, resolution in configs:
         def prepare(folder: Path, resolution=resolution) -> dict:
-            import_photos(paths, folder / "photos", resolution)  # normalized copies under names we choose
+            import_photos(paths, folder / "photos", resolution, replace(limits, min_side=resolution))  # normalized copies under names we choose
             return {"photos": str(folder / "photos")}
 
         name = f"{config.model}: {instance_prompt}, {config.steps} steps, {config.mode}"
@@ -62,11 +68,14 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
     return job_ids, f"started {len(job_ids)} DreamBooth job(s): {', '.join(job_ids)}"
 
 
-def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, steps, guidance):
-    """Images of the user's prompt from every finished personalized model, side by side, with readouts."""
+def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, steps, guidance,
+                       workspace: Workspace | None = None):
+    """Images of the user's prompt from every finished personalized model (of the workspace's jobs), side by side,
+    with readouts."""
     if not prompt or not prompt.strip():
         raise ValueError("prompt: empty; use the identifier, like 'a sks dog in the snow'")
-    jobs = studio.jobs
+    workspace = workspace or studio.workspace()
+    jobs = workspace.jobs
     finished = [j for j in job_ids or [] if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
     if not finished:
         raise ValueError("jobs: none of the chosen jobs has finished yet")
@@ -75,11 +84,12 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
     for job_id in finished:
         model = jobs.spec(job_id)["config"]["model"]
         card = json.loads((jobs.run_folder(job_id) / "card.json").read_text())
-        pipeline = load_personalized(model, jobs.run_folder(job_id), studio.current_catalog()).to(studio.device)
+        pipeline = load_personalized(model, jobs.run_folder(job_id), studio.current_catalog(workspace))
+        pipeline = pipeline.to(studio.device)
         start = time.perf_counter()
         image = sample(pipeline, [prompt], [int(seed)], int(steps), float(guidance))[0]
         seconds = time.perf_counter() - start
-        path = studio.history.save(image, {"model": f"{model} + dreambooth {job_id}", "prompt": prompt,
+        path = workspace.history.save(image, {"model": f"{model} + dreambooth {job_id}", "prompt": prompt,
                                            "negative_prompt": "", "seed": int(seed), "steps": int(steps),
                                            "guidance": float(guidance),
                                            "scheduler": type(pipeline.scheduler).__name__,
@@ -122,20 +132,21 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)
         readout = gr.Markdown()
 
-    def on_start(files, identifier, class_phrase, chosen, steps, mode, class_images):
+    def on_start(files, identifier, class_phrase, chosen, steps, mode, class_images, request: gr.Request):
         with user_errors():
-            ids, text = dreambooth_start(studio.jobs, studio.current_catalog(), files, identifier, class_phrase,
-                                         chosen, steps, mode == "full", class_images, family.guidance)
-            return text, gr.update(choices=studio.jobs.ids("dreambooth"), value=ids)
+            workspace = studio.workspace(request)
+            ids, text = dreambooth_start(workspace.jobs, studio.current_catalog(workspace), files, identifier,
+                                         class_phrase, chosen, steps, mode == "full", class_images, family.guidance)
+            return text, gr.update(choices=workspace.jobs.ids("dreambooth"), value=ids)
 
-    def on_cancel(job_ids):
+    def on_cancel(job_ids, request: gr.Request):
         with user_errors():
-            return job_action(studio.jobs.cancel, job_ids)
+            return job_action(studio.workspace(request).jobs.cancel, job_ids)
 
     @on_gpu
-    def on_generate(job_ids, prompt, seed, steps, guidance):
+    def on_generate(job_ids, prompt, seed, steps, guidance, request: gr.Request):
         with user_errors():
-            return dreambooth_results(studio, job_ids, prompt, seed, steps, guidance)
+            return dreambooth_results(studio, job_ids, prompt, seed, steps, guidance, studio.workspace(request))
 
     photos.change(lambda files: files or [], photos, preview, api_visibility="private", queue=False)
     start.click(on_start, [photos, identifier, class_phrase, models, steps, mode, class_images],
@@ -144,3 +155,4 @@ def build(app: gr.Blocks, studio: Studio) -> None:
     generate.click(on_generate, [monitor.job, prompt, seed, sample_steps, guidance], [gallery, readout],
                    api_name="dreambooth_results", concurrency_id="device", concurrency_limit=1)
     monitor.wire(app, tab, "dreambooth_status")
+    refresh_models_on_visit(app, tab, studio, models)

@@ -8,7 +8,7 @@ from studio.catalog import Catalog
 from studio.evaluation.config import EvalConfig
 from studio.evaluation.prompts import read_prompts
 from studio.jobs import JobManager
-from studio.ui.common import JobMonitor, Studio, number, user_errors
+from studio.ui.common import JobMonitor, Studio, number, refresh_models_on_visit, user_errors
 
 
 def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompts_file: str | None, n,
@@ -59,9 +59,9 @@ def evaluate_status(jobs: JobManager, job_id: str | None) -> tuple[str, str | No
 class EvaluationMonitor(JobMonitor):
     """The job monitor, showing an evaluation's results table and plot instead of loss curves."""
 
-    def status(self, selected) -> tuple:
-        rows, _, _, _ = super().status(None)
-        text, plot = evaluate_status(self.studio.jobs, selected)
+    def status(self, jobs: JobManager, selected) -> tuple:
+        rows, _, _, _ = super().status(jobs, None)
+        text, plot = evaluate_status(jobs, selected)
         return rows, None, text, plot
 
 
@@ -82,11 +82,13 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         monitor = EvaluationMonitor(studio, "evaluate", "Evaluation", "Quality against U-Net latency and MACs",
                                     loss_plot=False)
 
-    def on_start(chosen, prompts_file, n):
+    def on_start(chosen, prompts_file, n, request: gr.Request):
         with user_errors():
-            job_id, text = evaluate_start(studio.jobs, studio.current_catalog(), chosen, prompts_file, n,
+            workspace = studio.workspace(request)
+            job_id, text = evaluate_start(workspace.jobs, studio.current_catalog(workspace), chosen, prompts_file, n,
                                           studio.device)
-            return text, gr.update(choices=studio.jobs.ids("evaluate"), value=job_id)
+            return text, gr.update(choices=workspace.jobs.ids("evaluate"), value=job_id)
 
     start.click(on_start, [models, prompts, n], [message, monitor.job], api_name="evaluate_start")
     monitor.wire(app, tab, "evaluate_status")
+    refresh_models_on_visit(app, tab, studio, models)

@@ -3,16 +3,17 @@
 import gradio as gr
 
 from studio.images import open_image
-from studio.ui.common import Studio, generation_controls, on_gpu, progress_callback, refresh_models, user_errors
+from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
+                              user_errors)
 from studio.ui.compare import compare_stream, settings_from_controls
 
 
 def img2img_stream(studio: Studio, models, image_path, strength, prompt, negative, seed, steps, guidance, scheduler,
-                   resolution, callback=None):
+                   resolution, callback=None, workspace=None):
     """`compare_stream` on an uploaded image (checked before any model runs)."""
     image = open_image(image_path)
     settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength)
-    yield from compare_stream(studio, models, settings, image, callback)
+    yield from compare_stream(studio, models, settings, image, callback, workspace)
 
 
 def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
@@ -29,14 +30,14 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
 
     @on_gpu
     def on_img2img(chosen, image, strength, prompt, negative, seed, steps, guidance, scheduler, resolution,
-                   progress=gr.Progress()):
+                   request: gr.Request, progress=gr.Progress()):
         with user_errors():
+            workspace = studio.workspace(request)
             for items, text in img2img_stream(studio, chosen, image, strength, prompt, negative, seed, steps,
-                                              guidance, scheduler, resolution, progress_callback(progress)):
-                yield items, text, studio.history.recent()
+                                              guidance, scheduler, resolution, progress_callback(progress), workspace):
+                yield items, text, workspace.history.recent()
 
     run.click(on_img2img, [models, init_image, strength, *controls], [gallery, readout, compare["history"]],
               api_name="img2img", concurrency_id="device", concurrency_limit=1)
     compare["send"].click(lambda path: path, compare["selected"], init_image, api_visibility="private")
-    gr.on([app.load, tab.select], lambda chosen: refresh_models(studio, chosen), models, models,
-          api_visibility="private", queue=False)
+    refresh_models_on_visit(app, tab, studio, models)

@@ -82,7 +82,7 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
     def prepare(folder: Path) -> dict:
         if data_source != "upload":
             return {}
-        data = extract_dataset_zip(Path(upload), folder / "data")
+        data = extract_dataset_zip(Path(upload), folder / "data", jobs.limits)
         try:
             open_data(str(data), resolution)  # the same checks the trainer makes, before a process starts
         except DataError as problem:
@@ -133,18 +133,21 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         with user_errors():
             return design_table(studio.catalog, *values)
 
-    def on_start(*values):
+    def on_start(teacher, preset, layers, keep_mid, keep_innermost, data_source, upload, steps, lr, lambda_task,
+                 lambda_out, lambda_feat, batch_size, request: gr.Request):
         with user_errors():
-            job_id, text = train_start(studio.jobs, studio.catalog, *values)
-            return text, gr.update(choices=studio.jobs.ids("distill"), value=job_id)
+            jobs = studio.workspace(request).jobs
+            job_id, text = train_start(jobs, studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
+                                       data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size)
+            return text, gr.update(choices=jobs.ids("distill"), value=job_id)
 
-    def on_cancel(job_id):
+    def on_cancel(job_id, request: gr.Request):
         with user_errors():
-            return job_action(studio.jobs.cancel, job_id)
+            return job_action(studio.workspace(request).jobs.cancel, job_id)
 
-    def on_resume(job_id):
+    def on_resume(job_id, request: gr.Request):
         with user_errors():
-            return job_action(studio.jobs.resume, job_id)
+            return job_action(studio.workspace(request).jobs.resume, job_id)
 
     design_inputs = [teacher, preset, layers, keep_mid, keep_innermost, resolution]
     gr.on([c.change for c in design_inputs], on_design, design_inputs, [table, summary], api_visibility="private")
