@@ -26,6 +26,7 @@ from studio.profiling import count_unet_macs, meta_unet
 from studio.progress import Callback, report
 
 MAX_STEPS = 100
+MAX_SEED = 2**32 - 1  # torch.Generator seeds are 64-bit; the UI keeps to 32 like other SD tools
 MAX_GUIDANCE = 20.0
 MAX_UPSCALE = 2  # largest resolution: twice the model's native size
 MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens (a few hundred characters); the rest is cut, and the readout says so
@@ -67,13 +68,15 @@ class Settings:
             raise ValueError("the prompt is empty; describe the image to generate")
         check_text("the prompt", self.prompt, MAX_PROMPT_CHARS)
         check_text("the negative prompt", self.negative_prompt, MAX_PROMPT_CHARS)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
-        if not 0 <= self.guidance <= MAX_GUIDANCE:
+        if not 0 <= self.guidance <= MAX_GUIDANCE:  # NaN fails this too
             raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if not 0 < self.strength <= 1:
+        if not 0 < self.strength <= 1:  # and NaN
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.resolution is not None:
             if self.resolution % 8 or self.resolution < 8:

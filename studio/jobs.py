@@ -14,6 +14,7 @@ app restarted later reads every job's state from the folder alone.
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from studio.commands import config_from_json, job_argv
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, a job has this long to checkpoint and stop before SIGKILL
 MAX_ZIP_MEMBERS = 100_000
+JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what `create` makes: date-time-hex
 _admission = threading.Lock()  # quota checks and launches, one at a time in this process
 
 
@@ -122,8 +124,8 @@ def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits(
             raise JobError(f"the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
         total, packed = sum(m.file_size for m in members), sum(m.compress_size for m in members)
         if total > limits.max_zip_bytes:
-            raise JobError(f"data: the zip unpacks to {total / 1e9:.2f} GB; at most {limits.max_zip_bytes / 1e9:.2f} GB "
-                           "is allowed")
+            raise JobError(f"data: the zip unpacks to {total / 1e9:.2f} GB; at most "
+                           f"{limits.max_zip_bytes / 1e9:.2f} GB is allowed")
         if total > limits.max_zip_ratio * max(packed, 1) and total > 1024**2:
             raise JobError(f"data: the zip unpacks to {total / max(packed, 1):.0f} times its size; at most "
                            f"{limits.max_zip_ratio:.0f} times is allowed (images barely compress; is it a zip bomb?)")
@@ -156,9 +158,13 @@ class JobManager:
         self._children: dict[str, subprocess.Popen] = {}  # runners this process started, reaped on poll
 
     def folder(self, job_id: str) -> Path:
-        folder = (self.root / job_id).resolve()
-        if folder.parent != self.root or not (folder / "job.json").is_file():
-            raise JobError(f"no job {job_id!r}; jobs: {', '.join(self.ids()) or 'none yet'}")
+        """The job's folder; any id that is not one of this manager's jobs is "no such job"."""
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            shown = repr(job_id) if len(repr(job_id)) <= 60 else repr(job_id)[:57] + "..."
+            raise JobError(f"job: {shown} is not a job id (like 20261123-101500-1a2b3c)")
+        folder = self.root / job_id
+        if not (folder / "job.json").is_file():
+            raise JobError(f"job: no job {job_id!r}; jobs: {', '.join(self.ids()) or 'none yet'}")
         return folder
 
     def ids(self, kind: str | None = None) -> list[str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+
+from studio.ui import inputs
 import pandas as pd
 
 from studio.budget import QuotaError
@@ -120,15 +122,15 @@ def refresh_models_on_visit(app: gr.Blocks, tab: gr.Tab, studio: Studio, models:
 def generation_controls(family: Family) -> list:
     """Prompt, negative prompt, seed (with a random button), steps, guidance, scheduler, resolution."""
     with gr.Row():
-        prompt = gr.Textbox(value=family.prompt, label="Prompt", scale=3)
-        negative = gr.Textbox(value="", label="Negative prompt", scale=2)
+        prompt = inputs.Textbox(value=family.prompt, label="Prompt", scale=3)
+        negative = inputs.Textbox(value="", label="Negative prompt", scale=2)
     with gr.Row():
-        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        seed = inputs.Number(value=0, precision=0, label="Seed", minimum=0)
         dice = gr.Button("Random seed", size="sm")
-        steps = gr.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
-        guidance = gr.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
-        scheduler = gr.Dropdown(list(SCHEDULERS), value="PNDM", label="Scheduler")
-        resolution = gr.Number(value=0, precision=0, label="Resolution (px; 0 = each model's own)")
+        steps = inputs.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
+        guidance = inputs.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
+        scheduler = inputs.Dropdown(list(SCHEDULERS), value="PNDM", label="Scheduler")
+        resolution = inputs.Number(value=0, precision=0, label="Resolution (px; 0 = each model's own)")
     dice.click(lambda: random.randrange(2**31), None, seed, api_visibility="private", queue=False)
     return [prompt, negative, seed, steps, guidance, scheduler, resolution]
 
@@ -204,8 +206,9 @@ class JobMonitor:
         self.studio, self.kind = studio, kind
         local = studio.shown_at_build()
         ids = local.jobs.ids(kind) if local else []
-        self.job = gr.Dropdown(ids, value=[] if multiselect else (ids or [None])[0], multiselect=multiselect,
-                               label=label)
+        # Any id is accepted here and looked up in the asking visitor's jobs (a fresh API session has no choices).
+        self.job = inputs.Dropdown(ids, value=[] if multiselect else (ids or [None])[0], multiselect=multiselect,
+                                   label=label, allow_custom_value=True)
         self.table = gr.Dataframe(headers=JOB_HEADERS, label="Jobs (state on disk; survives restarts)",
                                   interactive=False)
         with gr.Row():

@@ -2,6 +2,8 @@
 
 import gradio as gr
 
+from studio.ui import inputs
+
 from studio.generation import Result, Settings, compare_iter, speedups
 from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
@@ -66,7 +68,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     models_now = studio.models()
     local = studio.shown_at_build()
     with gr.Tab("Compare") as tab:
-        models = gr.CheckboxGroup(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
+        models = inputs.ChoiceList(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
         controls = generation_controls(studio.family)
         run = gr.Button("Compare", variant="primary")
         gallery = gr.Gallery(label="Same prompt, seed and scheduler", columns=4, format="png", height=320,

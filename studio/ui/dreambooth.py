@@ -7,8 +7,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.ui import inputs
+
 from studio.catalog import Catalog, read_configs
-from studio.generation import MAX_GUIDANCE, MAX_STEPS, sample
+from studio.generation import MAX_GUIDANCE, MAX_STEPS, Settings, sample
 from studio.jobs import JobManager
 from studio.personalization.config import DreamBoothConfig
 from studio.personalization.dreambooth import load_personalized
@@ -59,7 +61,8 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
     job_ids = []
     for config, resolution in configs:
         def prepare(folder: Path, resolution=resolution) -> dict:
-            import_photos(paths, folder / "photos", resolution, replace(limits, min_side=resolution))  # normalized copies under names we choose
+            # normalized copies under names we choose
+            import_photos(paths, folder / "photos", resolution, replace(limits, min_side=resolution))
             return {"photos": str(folder / "photos")}
 
         name = f"{config.model}: {instance_prompt}, {config.steps} steps, {config.mode}"
@@ -74,9 +77,13 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
     with readouts."""
     if not prompt or not prompt.strip():
         raise ValueError("prompt: empty; use the identifier, like 'a sks dog in the snow'")
+    Settings(prompt, seed=number("seed", seed, int), steps=number("steps", steps, int),
+             guidance=number("guidance", guidance, float)).check()  # the checks Compare makes
+    seed, steps, guidance = int(seed), int(steps), float(guidance)
     workspace = workspace or studio.workspace()
     jobs = workspace.jobs
-    finished = [j for j in job_ids or [] if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
+    job_ids = [job_ids] if isinstance(job_ids, str) else list(job_ids or [])
+    finished = [j for j in job_ids if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
     if not finished:
         raise ValueError("jobs: none of the chosen jobs has finished yet")
     items, lines = [], ["| model | image time | training time | peak memory while training |",
@@ -87,11 +94,11 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
         pipeline = load_personalized(model, jobs.run_folder(job_id), studio.current_catalog(workspace))
         pipeline = pipeline.to(studio.device)
         start = time.perf_counter()
-        image = sample(pipeline, [prompt], [int(seed)], int(steps), float(guidance))[0]
+        image = sample(pipeline, [prompt], [seed], steps, guidance)[0]
         seconds = time.perf_counter() - start
         path = workspace.history.save(image, {"model": f"{model} + dreambooth {job_id}", "prompt": prompt,
-                                           "negative_prompt": "", "seed": int(seed), "steps": int(steps),
-                                           "guidance": float(guidance),
+                                           "negative_prompt": "", "seed": seed, "steps": steps,
+                                           "guidance": guidance,
                                            "scheduler": type(pipeline.scheduler).__name__,
                                            "resolution": image.size[0]})
         items.append((str(path), f"{model}: {seconds:.2f} s"))
@@ -107,27 +114,27 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                     "default, rank 16 / alpha 27 on to_q, to_v; prior preservation with class images the model "
                     f"makes itself). One background job per model, on the same photos. {ZEROGPU_NOTE}")
         with gr.Row():
-            photos = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+            photos = inputs.File(file_count="multiple", file_types=["image"], type="filepath",
                              label="Photos (JPEG, PNG, WebP; 1-50)")
             preview = gr.Gallery(label="Preview", columns=5, height=200)
         with gr.Row():
-            identifier = gr.Textbox(value="sks", label="Identifier (one rare word)")
-            class_phrase = gr.Textbox(value=family.dreambooth_class, label="Class (what the subject is)")
-            models = gr.CheckboxGroup(models_now, value=models_now[:1], label="Models to personalize")
+            identifier = inputs.Textbox(value="sks", label="Identifier (one rare word)")
+            class_phrase = inputs.Textbox(value=family.dreambooth_class, label="Class (what the subject is)")
+            models = inputs.ChoiceList(models_now, value=models_now[:1], label="Models to personalize")
         with gr.Row():
-            steps = gr.Number(value=family.dreambooth_steps, precision=0, label="Steps")
-            mode = gr.Radio(["LoRA", "full"], value="LoRA", label="Finetuning")
-            class_images = gr.Number(value=family.class_images, precision=0, label="Class images")
+            steps = inputs.Number(value=family.dreambooth_steps, precision=0, label="Steps")
+            mode = inputs.Radio(["LoRA", "full"], value="LoRA", label="Finetuning")
+            class_images = inputs.Number(value=family.class_images, precision=0, label="Class images")
             start = gr.Button("Start DreamBooth", variant="primary")
             cancel = gr.Button("Cancel")
         message = gr.Markdown()
         monitor = JobMonitor(studio, "dreambooth", "DreamBooth jobs (plot shows the first)",
                              "Latest validation: instance prompt, class prompt", multiselect=True)
         with gr.Row():
-            prompt = gr.Textbox(value=family.dreambooth_prompt, label="Prompt for the personalized models")
-            seed = gr.Number(value=0, precision=0, label="Seed")
-            sample_steps = gr.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
-            guidance = gr.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
+            prompt = inputs.Textbox(value=family.dreambooth_prompt, label="Prompt for the personalized models")
+            seed = inputs.Number(value=0, precision=0, label="Seed")
+            sample_steps = inputs.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
+            guidance = inputs.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
         generate = gr.Button("Generate with the personalized models")
         gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)
         readout = gr.Markdown()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.ui import inputs
+
 from studio.catalog import Catalog
 from studio.evaluation.config import EvalConfig
 from studio.evaluation.prompts import read_prompts
@@ -73,10 +75,10 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                     "steps, one seed per prompt shared by all models). Runs as a background job; metrics whose "
                     "weights are not on this machine are left empty, with the reason under the table.")
         with gr.Row():
-            models = gr.CheckboxGroup(models_now, value=models_now, label="Models")
-            prompts = gr.File(label="Prompt file (metadata.csv or one per line; empty = the family's prompt set)",
+            models = inputs.ChoiceList(models_now, value=models_now, label="Models")
+            prompts = inputs.File(label="Prompt file (metadata.csv or one per line; empty = the family's prompt set)",
                               file_types=[".csv", ".txt"], type="filepath")
-            n = gr.Number(value=studio.family.eval_images, precision=0, label="Images per model")
+            n = inputs.Number(value=studio.family.eval_images, precision=0, label="Images per model")
             start = gr.Button("Start evaluation", variant="primary")
         message = gr.Markdown()
         monitor = EvaluationMonitor(studio, "evaluate", "Evaluation", "Quality against U-Net latency and MACs",

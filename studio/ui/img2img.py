@@ -2,6 +2,8 @@
 
 import gradio as gr
 
+from studio.ui import inputs
+
 from studio.images import open_image
 from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
@@ -19,10 +21,10 @@ def img2img_stream(studio: Studio, models, image_path, strength, prompt, negativ
 def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
     models_now = studio.models()
     with gr.Tab("img2img") as tab:
-        models = gr.CheckboxGroup(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
+        models = inputs.ChoiceList(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
         with gr.Row():
-            init_image = gr.Image(type="filepath", label="Input image", height=256)
-            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
+            init_image = inputs.Image(type="filepath", label="Input image", height=256)
+            strength = inputs.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
         controls = generation_controls(studio.family)
         run = gr.Button("Run img2img", variant="primary")
         gallery = gr.Gallery(label="img2img, side by side", columns=4, format="png", height=320, object_fit="contain")

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.ui import inputs
+
 from studio.catalog import Catalog, read_configs
 from studio.compression import StudentSpec, plan_student, resolve_spec
 from studio.distillation.config import DistillConfig
@@ -101,27 +103,28 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         gr.Markdown("Design a student by block removal and distill it from its teacher with the paper's objective "
                     f"(task + output KD + feature KD). {ZEROGPU_NOTE}")
         with gr.Row():
-            teacher = gr.Dropdown(teachers, value=(family_teachers or teachers)[0], label="Teacher")
-            preset = gr.Radio(list(PRESET_CHOICES), value="small", label="Student")
-            resolution = gr.Number(value=0, precision=0, label="Resolution for MACs (0 = the teacher's)")
+            teacher = inputs.Dropdown(teachers, value=(family_teachers or teachers)[0], label="Teacher")
+            preset = inputs.Radio(list(PRESET_CHOICES), value="small", label="Student")
+            resolution = inputs.Number(value=0, precision=0, label="Resolution for MACs (0 = the teacher's)")
         with gr.Row(visible=False) as custom_row:
-            layers = gr.Textbox(value="1", label="Custom: layers kept per down stage (one number, or one per stage)")
-            keep_mid = gr.Checkbox(value=False, label="Custom: keep mid block")
-            keep_innermost = gr.Checkbox(value=True, label="Custom: keep innermost stage")
+            layers = inputs.Textbox(value="1",
+                                    label="Custom: layers kept per down stage (one number, or one per stage)")
+            keep_mid = inputs.Checkbox(value=False, label="Custom: keep mid block")
+            keep_innermost = inputs.Checkbox(value=True, label="Custom: keep innermost stage")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Parameters and MACs", interactive=False)
         summary = gr.Markdown()
         with gr.Row():
-            data_source = gr.Radio([*DATA_SOURCES, "upload"], value=studio.family.train_data or "upload",
+            data_source = inputs.Radio([*DATA_SOURCES, "upload"], value=studio.family.train_data or "upload",
                                    label="Data (a registered source, or an uploaded zip)")
-            upload = gr.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
+            upload = inputs.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
                              type="filepath")
         with gr.Row():
-            steps = gr.Number(value=studio.family.train_steps, precision=0, label="Steps")
-            lr = gr.Number(value=studio.family.train_lr, label="Learning rate")
-            batch_size = gr.Number(value=studio.family.train_batch_size, precision=0, label="Batch size")
-            lambda_task = gr.Number(value=1.0, label="λ task")
-            lambda_out = gr.Number(value=1.0, label="λ output KD")
-            lambda_feat = gr.Number(value=1.0, label="λ feature KD")
+            steps = inputs.Number(value=studio.family.train_steps, precision=0, label="Steps")
+            lr = inputs.Number(value=studio.family.train_lr, label="Learning rate")
+            batch_size = inputs.Number(value=studio.family.train_batch_size, precision=0, label="Batch size")
+            lambda_task = inputs.Number(value=1.0, label="λ task")
+            lambda_out = inputs.Number(value=1.0, label="λ output KD")
+            lambda_feat = inputs.Number(value=1.0, label="λ feature KD")
         with gr.Row():
             start = gr.Button("Start training", variant="primary")
             cancel = gr.Button("Cancel")
