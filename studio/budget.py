@@ -15,12 +15,8 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
-
 from studio.catalog import Catalog, read_configs
-from studio.compression import student_config
 from studio.personalization.photos import MAX_BYTES as MAX_PHOTO_BYTES, MAX_PHOTOS
-from studio.profiling import count_params, input_geometry, meta_unet
 
 GB = 1024**3
 FLOAT_BYTES = 4  # fp32 weights and optimizer states
@@ -110,7 +106,7 @@ def _image_bytes(resolution: int) -> int:
     return resolution * resolution * 3
 
 
-def _lora_params(unet: torch.nn.Module, rank: int) -> int:
+def _lora_params(unet, rank: int) -> int:
     """Parameters of rank-`rank` LoRA on every to_q and to_v (A: in x r, B: r x out)."""
     return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
                if name.rsplit(".", 1)[-1] in ("to_q", "to_v"))
@@ -118,6 +114,9 @@ def _lora_params(unet: torch.nn.Module, rank: int) -> int:
 
 def estimate_job_bytes(kind: str, config, catalog: Catalog) -> dict[str, int]:
     """Upper bound of what a job writes, by part (bytes): checkpoints, result, images, logs."""
+    from studio.compression import student_config  # torch: not for the job runner, which imports this module
+    from studio.profiling import count_params, input_geometry, meta_unet
+
     if kind == "distill":
         configs = read_configs(config.teacher, catalog)
         params = count_params(meta_unet(student_config(configs["unet"], config.arch)))

@@ -5,7 +5,7 @@ A job is a folder under the jobs root:
     run/        the command's --out (checkpoints, metrics.csv, validation images, result)
     data/       an uploaded dataset, when the job has one
     log.txt     the command's stdout and stderr, across resumes
-    runner.json the runner's pid and start time; exit.json when the command ended
+    runner.json the runner's pid and start time; exit.json when the command ended; cancel.json once cancelled
 The runner (`python -m studio.jobs RUN JOB_DIR`) builds the command from the
 stored config (studio/commands.py), starts it, waits for it and writes exit.json, so a job outlives the app (and a browser refresh), and an
 app restarted later reads every job's state from the folder alone.
@@ -217,6 +217,7 @@ class JobManager:
 
     def _launch(self, folder: Path) -> None:
         (folder / "exit.json").unlink(missing_ok=True)
+        (folder / "cancel.json").unlink(missing_ok=True)
         env = {**os.environ, EXTRA_CATALOG_ENV: str(folder / "catalog.json"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         runner = subprocess.Popen(
@@ -253,6 +254,8 @@ class JobManager:
             return "running", ""
         if (folder / "run" / "card.json").is_file():  # the command finished, but its runner was killed
             return "finished", ""
+        if (folder / "cancel.json").is_file():  # cancelled before the runner could record it (or SIGKILLed)
+            return "cancelled", "cancelled; its checkpoints and logs are kept, and it can be resumed"
         return "interrupted", "the job's process is gone (machine or app restart?); it can be resumed"
 
     @staticmethod
@@ -287,6 +290,7 @@ class JobManager:
         if state != "running":
             raise JobError(f"job {job_id} is {state}, not running; nothing to cancel")
         runner = _read_json(self.folder(job_id) / "runner.json")
+        write_json(self.folder(job_id) / "cancel.json", {"requested": time.time()})
         os.killpg(runner["pid"], signal.SIGTERM)
 
         def escalate():

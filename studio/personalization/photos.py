@@ -78,7 +78,7 @@ def check_photos(paths: list[Path | str], limits: PhotoLimits) -> None:
         if problem:
             problems.append(f"{path.name}: {problem}")
     if problems:
-        raise PhotoError("the upload was rejected; nothing was changed:\n- " + "\n- ".join(problems))
+        raise PhotoError("photos: the upload was rejected; nothing was changed:\n- " + "\n- ".join(problems))
 
 
 def import_photos(paths: list[Path | str], dest: Path, resolution: int, limits: PhotoLimits | None = None) -> list[Path]:

@@ -186,9 +186,29 @@ def job_view(jobs: JobManager, job_id: str) -> tuple[list[dict], str, str | None
     return loss_curves(jobs, job_id), text, str(validation[-1]) if validation else None
 
 
+def selected_jobs(value) -> list[str]:
+    """A job dropdown's value (an id, a list of ids, or nothing) as a list; an empty id is no selection."""
+    ids = [value] if isinstance(value, str) else value if isinstance(value, list) else [] if value is None else None
+    if ids is None or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"job: must be a job id or a list of them, got {value!r}"[:200])
+    return [i for i in ids if i]
+
+
+def chosen_models(catalog: Catalog, models, purpose: str) -> list[str]:
+    """The chosen model names, once each, all in `catalog`; or ValueError naming the field."""
+    models = list(dict.fromkeys(models or []))
+    if not models:
+        raise ValueError(f"models: none chosen; pick {purpose}")
+    unknown = [m for m in models if m not in catalog]
+    if unknown:
+        raise ValueError(f"models: unknown {', '.join(repr(m[:100]) for m in unknown[:5])}; choose from "
+                         f"{', '.join(catalog.names())}")
+    return models
+
+
 def job_action(action, job_ids) -> str:
     """Cancel or resume the selected job(s); one line per job."""
-    job_ids = [job_ids] if isinstance(job_ids, str) else list(job_ids or [])
+    job_ids = selected_jobs(job_ids)
     if not job_ids:
         raise ValueError("no job selected; choose one in the job list")
     return "\n\n".join(action(job_id) for job_id in job_ids)
@@ -220,7 +240,7 @@ class JobMonitor:
 
     def status(self, jobs: JobManager, selected) -> tuple:
         """(jobs table, loss curves of the first selected job, status of each, its latest image)."""
-        selected = [selected] if isinstance(selected, str) else list(selected or [])
+        selected = selected_jobs(selected)
         texts, curves, image = [], [], None
         for job_id in selected:
             job_curves, text, job_image = job_view(jobs, job_id)

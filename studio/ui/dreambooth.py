@@ -16,14 +16,17 @@ from studio.personalization.config import DreamBoothConfig
 from studio.personalization.dreambooth import load_personalized
 from studio.personalization.photos import PhotoLimits, check_photos, import_photos
 from studio.profiling import input_geometry
-from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, on_gpu, refresh_models_on_visit,
-                              user_errors)
+from studio.options import check_text
+from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, chosen_models, job_action, number, on_gpu,
+                              refresh_models_on_visit, selected_jobs, user_errors)
 from studio.workspaces import Workspace
 
 
 def prompts(identifier: str, class_phrase: str) -> tuple[str, str]:
     """("a sks dog", "a dog") from the identifier and the class phrase."""
     identifier, class_phrase = (identifier or "").strip(), (class_phrase or "").strip()
+    check_text("identifier", identifier, 50)
+    check_text("class", class_phrase, 200)
     if not identifier or " " in identifier:
         raise ValueError(f"identifier: must be one rare word (like 'sks'), got {identifier!r}")
     if not class_phrase:
@@ -38,9 +41,7 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
 
     The photos and every job's config are checked before any job is made: a bad upload changes nothing.
     """
-    models = list(dict.fromkeys(models or []))
-    if not models:
-        raise ValueError("models: none chosen; pick the teacher and/or students to personalize")
+    models = chosen_models(catalog, models, "the teacher and/or students to personalize")
     instance_prompt, class_prompt = prompts(identifier, class_phrase)
     steps = number("steps", steps, int)
     configs = []
@@ -82,7 +83,7 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
     seed, steps, guidance = int(seed), int(steps), float(guidance)
     workspace = workspace or studio.workspace()
     jobs = workspace.jobs
-    job_ids = [job_ids] if isinstance(job_ids, str) else list(job_ids or [])
+    job_ids = selected_jobs(job_ids)
     finished = [j for j in job_ids if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
     if not finished:
         raise ValueError("jobs: none of the chosen jobs has finished yet")
@@ -141,6 +142,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
 
     def on_start(files, identifier, class_phrase, chosen, steps, mode, class_images, request: gr.Request):
         with user_errors():
+            if mode not in ("LoRA", "full"):
+                raise ValueError(f"finetuning: must be LoRA or full, got {mode!r}")
             workspace = studio.workspace(request)
             ids, text = dreambooth_start(workspace.jobs, studio.current_catalog(workspace), files, identifier,
                                          class_phrase, chosen, steps, mode == "full", class_images, family.guidance)

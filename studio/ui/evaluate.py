@@ -10,15 +10,13 @@ from studio.catalog import Catalog
 from studio.evaluation.config import EvalConfig
 from studio.evaluation.prompts import read_prompts
 from studio.jobs import JobManager
-from studio.ui.common import JobMonitor, Studio, number, refresh_models_on_visit, user_errors
+from studio.ui.common import JobMonitor, Studio, chosen_models, number, refresh_models_on_visit, user_errors
 
 
 def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompts_file: str | None, n,
                    device: str = "cpu", steps: int = 25) -> tuple[str, str]:
     """Start `python -m studio evaluate` as a background job; (job id, message)."""
-    models = list(dict.fromkeys(models or []))
-    if not models:
-        raise ValueError("models: none chosen; pick the models to evaluate")
+    models = chosen_models(catalog, models, "the models to evaluate")
     families = {catalog.get(m).family for m in models}
     if not prompts_file and not all(catalog.family(f).prompt_set for f in families):
         raise ValueError("prompt file: upload one (BK-SDM metadata.csv or one prompt per line); these models' family "

@@ -15,30 +15,38 @@ the page, could not name them otherwise.
 import gradio as gr
 
 
-def _labelled(base):
+def _shown(payload) -> str:
+    return repr(payload) if len(repr(payload)) <= 80 else repr(payload)[:77] + "..."
+
+
+def _labelled(base, accepts: tuple = (), what: str = ""):
+    """`base` whose errors name its label; with `accepts`, a value of another type (None aside) is refused too,
+    where gradio would turn it into text or a bool."""
     class Labelled(base):
         is_template = True
 
         def preprocess(self, payload):
+            if accepts and payload is not None and (not isinstance(payload, accepts) or isinstance(payload, bool)
+                                                    and bool not in accepts):
+                raise gr.Error(f"{self.label or 'input'}: must be {what}, got {_shown(payload)}")
             try:
                 return super().preprocess(payload)
             except Exception as error:
-                shown = repr(payload) if len(repr(payload)) <= 80 else repr(payload)[:77] + "..."
-                raise gr.Error(f"{self.label or 'input'}: {shown} is not accepted ({error})") from None
+                raise gr.Error(f"{self.label or 'input'}: {_shown(payload)} is not accepted ({error})") from None
 
     Labelled.__name__ = Labelled.__qualname__ = base.__name__
     return Labelled
 
 
-Checkbox = _labelled(gr.Checkbox)
+Checkbox = _labelled(gr.Checkbox, (bool,), "true or false")
 CheckboxGroup = _labelled(gr.CheckboxGroup)
 Dropdown = _labelled(gr.Dropdown)
 File = _labelled(gr.File)
 Image = _labelled(gr.Image)
-Number = _labelled(gr.Number)
-Radio = _labelled(gr.Radio)
-Slider = _labelled(gr.Slider)
-Textbox = _labelled(gr.Textbox)
+Number = _labelled(gr.Number, (int, float), "a number")
+Radio = _labelled(gr.Radio, (str,), "one of the choices")
+Slider = _labelled(gr.Slider, (int, float), "a number")
+Textbox = _labelled(gr.Textbox, (str,), "text")
 
 
 class ChoiceList(gr.CheckboxGroup):
@@ -48,6 +56,5 @@ class ChoiceList(gr.CheckboxGroup):
 
     def preprocess(self, payload):
         if not isinstance(payload, list) or not all(isinstance(item, str) for item in payload):
-            shown = repr(payload) if len(repr(payload)) <= 80 else repr(payload)[:77] + "..."
-            raise gr.Error(f"{self.label or 'input'}: must be a list of names, got {shown}")
+            raise gr.Error(f"{self.label or 'input'}: must be a list of names, got {_shown(payload)}")
         return list(payload)

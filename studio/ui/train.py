@@ -15,12 +15,15 @@ from studio.profiling import input_geometry, profile_students
 from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, user_errors
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")
+MAX_DESIGN_RESOLUTION = 4096
 TABLE_HEADERS = ["student", "U-Net params", "x teacher", "G MACs (conv+linear)", "x teacher", "G MACs (+attention)",
                  "x teacher"]
 
 
 def spec_from_controls(preset: str, layers: str, keep_mid: bool, keep_innermost: bool) -> StudentSpec:
     """The spec the controls describe; the custom fields apply only to `custom`."""
+    if preset not in PRESET_CHOICES:
+        raise ValueError(f"student: must be one of {', '.join(PRESET_CHOICES)}, got {preset!r}")
     if preset != "custom":
         return resolve_spec(preset)
     layers = (layers or "").replace(" ", "") or "1"
@@ -41,7 +44,10 @@ def design_table(catalog: Catalog, teacher: str, preset: str, layers: str, keep_
     teacher_entry(catalog, teacher)
     spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
     archs = tuple(dict.fromkeys(("base", "small", "tiny", str(spec))))
-    report = profile_students(teacher, archs, int(resolution or 0) or None, 1, catalog)
+    resolution = number("resolution", resolution or 0, int)
+    if resolution and not 8 <= resolution <= MAX_DESIGN_RESOLUTION:
+        raise ValueError(f"resolution: must be 0 (the teacher's) or from 8 to {MAX_DESIGN_RESOLUTION}, got {resolution}")
+    report = profile_students(teacher, archs, resolution or None, 1, catalog)
     first = report["rows"][0]
     rows = [[
         row["arch"] + (" (yours)" if row["arch"] == str(spec) else ""),
