@@ -124,7 +124,7 @@ def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_
     from studio.ui.evaluate import evaluate_start, evaluate_status
 
     studio = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path)
-    jobs = studio.jobs
+    jobs = studio.workspace().jobs
     photos = []
     for i in range(2):
         photos.append(tmp_path / f"upload-{i}.jpg")
