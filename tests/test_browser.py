@@ -1,4 +1,5 @@
-"""The app in a real browser, as a visitor uses it: compare two models, start a training job, reload, find it again.
+"""The app in a real browser, as a visitor uses it in public mode: compare two models, start a training job, reload,
+find it again (the visitor cookie), and, as another visitor (no cookie), not see it.
 
 Needs Debian's `chromium` and `chromium-driver` packages (`.ci/run` installs them);
 skipped where they are missing. Screenshots go to $STUDIO_SCREENSHOTS (default:
@@ -18,6 +19,7 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")]
 
+RECENT = "Recent runs (PNGs carry their settings)"
 TABS = {
     "Compare": ["Prompt", "Negative prompt", "Seed", "Random seed", "Steps", "Guidance", "Scheduler",
                 "Send the selected image to img2img", "Recent runs"],
@@ -33,8 +35,10 @@ TABS = {
 
 @pytest.fixture
 def browser(tiny_catalog, tmp_path):
-    """(driver, page url, screenshot folder, data folder) with the app on the tiny family."""
+    """(driver, page url, screenshot folder, data folder) with the app on the tiny family, in public mode."""
     from selenium import webdriver
+
+    from studio.ui.hosting import Hosting
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -45,7 +49,7 @@ def browser(tiny_catalog, tmp_path):
     shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        with serve_app(tiny_catalog, tmp_path / "data") as url:
+        with serve_app(tiny_catalog, tmp_path / "data", hosting=Hosting(public=True, max_steps=1_000_000)) as url:
             yield driver, url, shots, tmp_path / "data"
     finally:
         driver.quit()
@@ -136,17 +140,28 @@ def test_a_visitor_compares_models_and_finds_a_training_job_after_a_reload(brows
     click(driver, "button.primary", "Start training")
     wait.until(lambda d: "started job" in body(d))
     job_id = next(word for word in body(driver).split() if word.count("-") == 2 and word[:8].isdigit()).rstrip(":")
+    [jobs_root] = data_dir.glob("visitors/*/jobs")  # this browser's workspace
 
     # A reload: the job list is read again, the new job is selected, and its loss plot fills in.
     open_page(driver, url)
+    wait.until(lambda d: images_in(d, RECENT) == 2)  # this visitor's images, listed again on load
     click(driver, "button[role='tab']", "Train a student")
     try:
         wait.until(lambda d: job_id in body(d) and "running, step" in body(d))
-        wait.until(lambda d: JobManager(data_dir / "jobs").status(job_id).step >= 30)  # three rows: lines to draw
+        wait.until(lambda d: JobManager(jobs_root).status(job_id).step >= 30)  # three rows: lines to draw
         # Four colored lines across the plot (legend circles alone are ~100 colored pixels; axes and text are gray).
         wait.until(lambda d: colored_pixels(loss_plot(d)) > 400)
     finally:
         driver.save_screenshot(str(shots / "train-after-reload.png"))
     click(driver, "button", "Cancel")
     wait.until(lambda d: f"cancelling {job_id}" in body(d))
-    assert JobManager(data_dir / "jobs").wait(job_id, timeout=180) == "cancelled"
+    assert JobManager(jobs_root).wait(job_id, timeout=180) == "cancelled"
+
+    # Another visitor (this browser without its cookie) sees no jobs and none of the first one's images.
+    driver.delete_all_cookies()
+    open_page(driver, url)
+    assert images_in(driver, RECENT) == 0
+    click(driver, "button[role='tab']", "Train a student")
+    wait.until(lambda d: "No jobs yet." in body(d))
+    assert job_id not in body(driver)
+    driver.save_screenshot(str(shots / "train-other-visitor.png"))
