@@ -3,10 +3,12 @@
 import json
 import os
 import signal
+import threading
 import time
 
 import psutil
 import pytest
+from conftest import stop_jobs
 
 from studio.jobs import JobError, JobManager, group_alive, write_json
 from studio.training import latest_checkpoint, save_checkpoint
@@ -143,3 +145,47 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
         save_checkpoint(tmp_path, step, {"w.safetensors": {"w": torch.full((2,), float(step))}}, {}, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
     assert latest_checkpoint(tmp_path).tensors("w.safetensors")["w"][0] == 5.0
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_fails_the_job_and_two_resumes_after_a_restart_start_one(tiny_catalog, tmp_path):
+    jobs = JobManager(tmp_path / "jobs")
+    try:
+        job_id, runner = start_long_job(tiny_catalog, jobs)
+        wait_for_rows(jobs, job_id, 20)
+        [trainer] = [p for p in processes_of(runner) if p.pid != runner["pid"]]
+        trainer.kill()  # SIGKILL: no checkpoint, no goodbye; the runner records how it ended
+        assert jobs.wait(job_id, timeout=60) == "failed"
+        assert json.loads((jobs.folder(job_id) / "exit.json").read_text())["returncode"] == -signal.SIGKILL
+
+        restarted = JobManager(tmp_path / "jobs")  # an app started again reads the state from the folder alone
+        assert restarted.state(job_id)[0] == "failed"
+        outcomes = []
+
+        def resume():
+            try:
+                outcomes.append(restarted.resume(job_id))
+            except JobError as refused:
+                outcomes.append(str(refused))
+
+        threads = [threading.Thread(target=resume) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(o.split()[0] for o in outcomes) == ["job", "resumed"], outcomes  # one resumes, one is refused
+        new_runner = json.loads((jobs.folder(job_id) / "runner.json").read_text())
+        deadline = time.monotonic() + 120
+        while not [p for p in processes_of(new_runner) if p.pid != new_runner["pid"]]:  # the trainer starts
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert len([p for p in processes_of(new_runner) if p.pid != new_runner["pid"]]) == 1  # one trainer
+        restarted.cancel(job_id)
+        assert restarted.wait(job_id, timeout=150) == "cancelled"
+        deadline = time.monotonic() + 10  # the runner writes exit.json, then exits
+        while processes_of(new_runner):
+            assert time.monotonic() < deadline, processes_of(new_runner)
+            time.sleep(0.2)
+        assert not processes_of(runner)  # no stray process of either run
+    finally:
+        stop_jobs(tmp_path)
