@@ -83,10 +83,23 @@ class Family:
     dreambooth_steps: int = 800
     class_images: int = 200
     eval_images: int = 1000
+    tiny_decoder: str | None = None  # a tiny decoder (TAESD) for this family's latents: hub id or ./local folder
+    recipe_report: str | None = None  # a measured models x recipes table (markdown; its plot beside it as .png)
 
     @property
     def prompt_set_path(self) -> Path | None:
         return (PROJECT_ROOT / self.prompt_set).resolve() if self.prompt_set else None
+
+    @property
+    def recipe_report_path(self) -> Path | None:
+        return (PROJECT_ROOT / self.recipe_report).resolve() if self.recipe_report else None
+
+    @property
+    def tiny_decoder_source(self) -> str | None:
+        """The tiny decoder as from_pretrained takes it: a hub id, or a local folder made absolute."""
+        if self.tiny_decoder and self.tiny_decoder.startswith(("./", "../", "/")):
+            return str((PROJECT_ROOT / self.tiny_decoder).resolve())
+        return self.tiny_decoder
 
 
 def _family_from_dict(name: str, data: dict, origin: Path) -> Family:
@@ -196,7 +209,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def read_configs(ref: str, catalog: Catalog | None = None) -> dict:
-    """Architecture configs {"unet", "vae", "text_encoder"} of a model, without weights.
+    """Architecture configs {"unet", "vae", "text_encoder", "scheduler"} of a model, without weights.
 
     ref: a catalogue name, a pipeline folder (with unet/, vae/, ...) or a
     U-Net folder (config.json). A hub student with no configs at hand gets its
@@ -222,6 +235,7 @@ def read_configs(ref: str, catalog: Catalog | None = None) -> dict:
                 f"{ref!r} is neither a catalogue model ({', '.join(catalog.names())}) nor a folder"
             )
     configs = {part: _read_json(folder / part / "config.json") for part in COMPONENTS}
+    configs["scheduler"] = _read_json(folder / "scheduler" / "scheduler_config.json")
     if configs["unet"] is None:
         configs["unet"] = _read_json(folder / "config.json")  # a bare U-Net folder
     if configs["unet"] is None:

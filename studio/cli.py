@@ -88,6 +88,28 @@ def cmd_bench(args) -> None:
         print(f"{row['arch']:24} {row['median_s']:>8.3f}s {row['speedup']:>8.2f}x {row['macs_ratio']:>17.2f}x")
 
 
+def cmd_bench_pipeline(args) -> None:
+    from studio.pipeline_bench import bench_pipelines
+
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    report = bench_pipelines(args.teacher, tuple(args.arch), tuple(args.recipes), args.resolution, args.batch,
+                             args.warmup, args.repeats, args.device, args.dtype, log=log)
+    if args.json:
+        context = {k: report[k] for k in ("teacher", "resolution", "batch", "device", "dtype", "threads", "guidance")}
+        print(json.dumps([{**row, **context} for row in report["rows"]], indent=2))
+        return
+    print(f"\nEnd to end (text encoder, every U-Net call, decoder), {args.teacher} at {report['resolution']}x"
+          f"{report['resolution']}, batch {report['batch']}, {report['device']} {report['dtype']}, "
+          f"{report['threads']} threads; median of {report['repeats']} after {report['warmup']} warm-up rounds, "
+          "interleaved; random weights")
+    print(f"{'arch':10} {'recipe':36} {'seconds':>9} {'vs teacher paper':>17} {'vs teacher same':>16} "
+          f"{'U-Net calls (cached)':>21} {'decode':>8}")
+    for row in report["rows"]:
+        same = "-" if row["speedup_same_recipe"] is None else f"{row['speedup_same_recipe']:.2f}x"
+        print(f"{row['arch']:10} {row['recipe']:36} {row['seconds']:>8.2f}s {row['speedup']:>16.2f}x {same:>16} "
+              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['decode_seconds']:>7.2f}s")
+
+
 def cmd_toy_data(args) -> None:
     from studio.toy.data import export_imagefolder
 
@@ -162,6 +184,24 @@ def add_config_command(commands, name: str, help: str, run) -> None:
     sub.set_defaults(run=lambda args: run(from_args(cls, args)))
 
 
+def cmd_toy_decoder(args) -> None:
+    from studio.toy.decoder import distill_tiny_decoder
+
+    distill_tiny_decoder(Path(args.out), args.steps, args.batch_size, args.lr)
+
+
+def cmd_toy_recipes(args) -> None:
+    from studio.toy.recipes import recipe_rows, write_report
+
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    rows = recipe_rows(tuple(args.models), tuple(args.recipes), args.n, args.seed, args.batch, log=log)
+    if args.report:
+        write_report(rows, Path(args.report))
+        log(f"wrote {args.report} and its .json and .png")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
 def cmd_toy_students(args) -> None:
     from studio.toy.students import distill_toy_students
 
@@ -209,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     unet.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     unet.set_defaults(run=cmd_bench)
+    pipeline = bench_targets.add_parser("pipeline", help="whole images: teacher and students under recipes")
+    add_model_args(pipeline)
+    pipeline.set_defaults(arch=["tiny"])
+    pipeline.add_argument("--recipes", nargs="+", default=["paper", "fast"],
+                          help="preset names, each optionally with :knob=value overrides, e.g. "
+                               "'paper:scheduler=DPM++ 2M Karras:steps=12' (the teacher with paper always runs)")
+    pipeline.add_argument("--warmup", type=int, default=0, help="untimed rounds (each pipeline also runs one step first)")
+    pipeline.add_argument("--repeats", type=int, default=1)
+    pipeline.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    pipeline.add_argument("--dtype", help="fp32, fp16 or bf16 for every recipe (default: each recipe's own)")
+    pipeline.set_defaults(run=cmd_bench_pipeline)
     add_config_command(commands, "distill", "distill a block-removed student from its teacher (BK-SDM)", cmd_distill)
     add_config_command(commands, "evaluate", "CLIP score, FID, IS, fidelity and judge accuracy of models",
                        cmd_evaluate)
@@ -230,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset-size", type=int)
     train.add_argument("--max-minutes", type=float, help="time budget (default 30); the U-Net stage stops early at it")
     train.set_defaults(run=cmd_toy_train)
+    decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
+    decoder.add_argument("--out", default="assets/toy/tiny-decoder")
+    decoder.add_argument("--steps", type=int, default=1500)
+    decoder.add_argument("--batch-size", type=int, default=64)
+    decoder.add_argument("--lr", type=float, default=1e-3)
+    decoder.set_defaults(run=cmd_toy_decoder)
+
+    from studio.recipes import PRESETS
+    from studio.toy.recipes import TOY_MODELS
+
+    recipes = toy_commands.add_parser("recipes", help="judge accuracy and fidelity of every toy model x recipe")
+    recipes.add_argument("--models", nargs="+", default=list(TOY_MODELS))
+    recipes.add_argument("--recipes", nargs="+", default=list(PRESETS),
+                         help="preset names, each optionally with :knob=value overrides (default: every preset)")
+    recipes.add_argument("--n", type=int, default=90, help="images per model and recipe (the prompt set cycles)")
+    recipes.add_argument("--seed", type=int, default=0)
+    recipes.add_argument("--batch", type=int, default=30, help="images drawn at once")
+    recipes.add_argument("--report", help="also write a markdown table, its JSON and the Pareto plot (PNG) here")
+    recipes.add_argument("--json", action="store_true")
+    recipes.set_defaults(run=cmd_toy_recipes)
+
     def add_toy_distill_args(sub):
         sub.add_argument("--steps", type=int, default=400)
         sub.add_argument("--batch-size", type=int, default=32)

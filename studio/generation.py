@@ -1,9 +1,14 @@
-"""Text-to-image and img2img with catalogue models: cached pipelines, honest timings.
+"""Text-to-image and img2img with catalogue models: cached pipelines, every speed knob, honest timings.
 
-`compare` runs several models on the same prompt, seed and scheduler, one after
-the other, and times each: the whole call, and every U-Net call on its own
-(device synchronized around it). Models are loaded and warmed up before the
-clock starts; loading time is reported separately.
+`generate` is the one way the studio calls a pipeline: it applies the
+scheduler, steps and guidance of its `Settings` and the knobs that do less work
+(guidance that stops early, step caching, token merging, a tiny decoder; see
+acceleration.py), and decodes the latents itself so the decoder can be chosen.
+`compare` runs several models (and several settings, for a grid) on the same
+prompt and seed, one after the other, and times each: the whole call, every
+U-Net call on its own, and the decode (device synchronized around each).
+Models are loaded and warmed up before the clock starts; loading time is
+reported separately.
 """
 
 import time
@@ -13,14 +18,15 @@ from statistics import median
 import torch
 from diffusers import (
     DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
-    StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
+    StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UniPCMultistepScheduler,
 )
 from PIL import Image
 
-from studio.bench import synchronize
+from studio.acceleration import LatentPreview, StepCache, TinyDecoderPreview, stop_guidance, token_merging
+from studio.bench import DTYPES, parse_dtype, synchronize
 from studio.catalog import Catalog
 from studio.images import square
-from studio.loading import load_pipeline
+from studio.loading import ModelUnavailableError, load_pipeline, load_tiny_decoder
 from studio.options import check_text
 from studio.profiling import count_unet_macs, meta_unet
 from studio.progress import Callback, report
@@ -30,12 +36,18 @@ MAX_SEED = 2**32 - 1  # torch.Generator seeds are 64-bit; the UI keeps to 32 lik
 MAX_GUIDANCE = 20.0
 MAX_UPSCALE = 2  # largest resolution: twice the model's native size
 MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens (a few hundred characters); the rest is cut, and the readout says so
+MAX_CACHE_INTERVAL = 10
+MAX_TOME_RATIO = 0.75
+DECODERS = ("vae", "tiny")  # the model's own VAE decoder, or its family's tiny one (TAESD)
 # Every scheduler is built from the model's own scheduler config (its betas and
 # prediction type). DDIM: PNDM configs carry clip_sample=True, which ruins v-prediction samples.
 SCHEDULERS = {
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     "DDIM": (DDIMScheduler, {"clip_sample": False}),
     "DPM-Solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler,
+                        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "UniPC": (UniPCMultistepScheduler, {}),
     "Euler": (EulerDiscreteScheduler, {}),
 }
 
@@ -61,6 +73,12 @@ class Settings:
     scheduler: str = "PNDM"
     resolution: int | None = None  # None: each model's native size
     strength: float = 0.75  # img2img only
+    guidance_stop: float = 1.0  # the fraction of the steps that use classifier-free guidance
+    cache_interval: int = 1  # step caching: a full U-Net call every N calls (1: off)
+    tome_ratio: float = 0.0  # token merging: the fraction of tokens merged (0: off)
+    decoder: str = "vae"  # "vae" (the model's own) or "tiny" (its family's tiny decoder)
+    dtype: str = "fp32"
+    recipe: str = "custom"  # the recipe these came from (studio/recipes.py), for readouts
 
     def check(self, native: int | None = None) -> None:
         """Raise ValueError naming what is wrong and what is allowed (the resolution once `native` is known)."""
@@ -78,6 +96,17 @@ class Settings:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 < self.strength <= 1:  # and NaN
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0 < self.guidance_stop <= 1:
+            raise ValueError(f"guidance stop must be a fraction of the steps in (0, 1], got {self.guidance_stop}")
+        if not 1 <= self.cache_interval <= MAX_CACHE_INTERVAL:
+            raise ValueError(f"cache interval must be between 1 (off) and {MAX_CACHE_INTERVAL}, "
+                             f"got {self.cache_interval}")
+        if not 0 <= self.tome_ratio <= MAX_TOME_RATIO:
+            raise ValueError(f"token merging ratio must be between 0 (off) and {MAX_TOME_RATIO}, got {self.tome_ratio}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.resolution is not None:
             if self.resolution % 8 or self.resolution < 8:
                 raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
@@ -90,7 +119,7 @@ class Settings:
 class Result:
     model: str
     image: Image.Image
-    seconds: float  # the whole pipeline call: text encoding, denoising, decoding
+    seconds: float  # the whole call: text encoding, denoising, decoding
     unet_seconds: list[float]  # every U-Net call (one per step; CFG runs both halves in one batch)
     settings: Settings
     resolution: int
@@ -100,6 +129,8 @@ class Result:
     load_seconds: float = 0.0  # set by compare_iter; 0 when the model was already loaded
     prompt_tokens: int = 0  # the prompt's length in tokens (with start and end) ...
     max_tokens: int = 0  # ... and how many the text encoder reads; beyond that the prompt was cut
+    decode_seconds: float = 0.0  # the decoder alone (part of `seconds`)
+    cached_calls: int = 0  # U-Net calls that ran only the shallow path (step caching)
 
     @property
     def unet_step_seconds(self) -> float:
@@ -107,39 +138,117 @@ class Result:
 
     def metadata(self) -> dict:
         return {"model": self.model, **asdict(self.settings), "resolution": self.resolution,
-                "seconds": round(self.seconds, 4), "unet_step_seconds": round(self.unet_step_seconds, 5)}
+                "seconds": round(self.seconds, 4), "unet_step_seconds": round(self.unet_step_seconds, 5),
+                "decode_seconds": round(self.decode_seconds, 4)}
+
+
+@dataclass
+class Generated:
+    """What one `generate` call made and did."""
+
+    images: list[Image.Image]
+    full_calls: int
+    cached_calls: int
+    decode_seconds: float
+
+
+@torch.inference_mode()
+def generate(pipeline: StableDiffusionPipeline, prompts: list[str], generators: list[torch.Generator],
+             settings: Settings, resolution: int, decoder=None, init_image: Image.Image | None = None,
+             on_step=None) -> Generated:
+    """Images for `prompts` (image i from generators[i]) with every knob of `settings`; `decoder` replaces the
+    pipeline's VAE decoder (a tiny one); img2img when `init_image` is given. `on_step(done, steps, latents)`
+    is called after every step. The pipeline's dtype is the caller's choice (`settings.dtype` is not applied)."""
+    # A fresh pipeline object over the cached components: its own scheduler, no weights copied.
+    components = {**pipeline.components, "scheduler": make_scheduler(settings.scheduler, pipeline.scheduler.config)}
+    pipeline_class = StableDiffusionImg2ImgPipeline if init_image is not None else StableDiffusionPipeline
+    run = pipeline_class(**components, requires_safety_checker=False)
+    run.set_progress_bar_config(disable=True)
+
+    def on_step_end(pipe, step, _timestep, kwargs):
+        if on_step is not None:
+            on_step(step + 1, pipe.num_timesteps, kwargs["latents"])
+        return stop_guidance(pipe, step, settings.guidance_stop, kwargs)
+
+    arguments = dict(prompt=prompts, negative_prompt=[settings.negative_prompt] * len(prompts)
+                     if settings.negative_prompt else None,
+                     num_inference_steps=settings.steps, guidance_scale=settings.guidance, generator=generators,
+                     output_type="latent", callback_on_step_end=on_step_end,
+                     callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    if init_image is not None:
+        arguments.update(image=[square(init_image, resolution)] * len(prompts), strength=settings.strength)
+    else:
+        arguments.update(height=resolution, width=resolution)
+    with StepCache(run.unet, settings.cache_interval) as cache, token_merging(run.unet, settings.tome_ratio):
+        latents = run(**arguments).images
+    decoder = decoder or run.vae
+    synchronize(latents.device)
+    started = time.perf_counter()
+    pixels = decoder.decode(latents / decoder.config.scaling_factor, return_dict=False)[0]
+    images = run.image_processor.postprocess(pixels, output_type="pil")
+    synchronize(latents.device)
+    return Generated(images, cache.full_calls, cache.cached_calls, time.perf_counter() - started)
 
 
 class PipelineCache:
-    """Pipelines loaded on first use and kept; a student shares its teacher's components."""
+    """Pipelines loaded on first use and kept, one per model and dtype; a student shares its teacher's components.
+    Tiny decoders and latent previews are kept beside them."""
 
     def __init__(self, catalog: Catalog, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.catalog = catalog
         self.device = torch.device(device)
-        self.dtype = dtype
-        self._pipelines: dict[str, StableDiffusionPipeline] = {}
+        self.dtype = dtype  # used when no dtype is asked for
+        self._pipelines: dict[tuple[str, torch.dtype], StableDiffusionPipeline] = {}
+        self._decoders: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+        self._previews: dict[int, LatentPreview] = {}
         self._macs: dict[tuple[str, int], tuple[int, int]] = {}
 
-    def loaded(self, name: str) -> bool:
-        return name in self._pipelines
+    def loaded(self, name: str, dtype: torch.dtype | None = None) -> bool:
+        return (name, dtype or self.dtype) in self._pipelines
 
-    def get(self, name: str, catalog: Catalog | None = None) -> StableDiffusionPipeline:
+    def get(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
         """The pipeline of `name`, looked up in `catalog` (default: the cache's) when it is not loaded yet."""
-        catalog = catalog or self.catalog
-        if name not in self._pipelines:
+        catalog, dtype = catalog or self.catalog, dtype or self.dtype
+        if (name, dtype) not in self._pipelines:
             entry = catalog.get(name)
-            teacher = self.get(entry.teacher, catalog) if entry.role == "student" else None
-            pipeline = load_pipeline(name, catalog, self.dtype, teacher=teacher).to(self.device)
+            teacher = self.get(entry.teacher, catalog, dtype) if entry.role == "student" else None
+            pipeline = load_pipeline(name, catalog, dtype, teacher=teacher).to(self.device)
             pipeline.set_progress_bar_config(disable=True)
             _warm_up(pipeline)
-            self._pipelines[name] = pipeline
-        return self._pipelines[name]
+            self._pipelines[(name, dtype)] = pipeline
+        return self._pipelines[(name, dtype)]
 
-    def macs(self, name: str, resolution: int) -> tuple[int, int]:
+    def decoder(self, name: str, kind: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
+        """The decoder `kind` ("vae" or "tiny") for model `name`: None for the model's own VAE."""
+        if kind == "vae":
+            return None
+        catalog, dtype = catalog or self.catalog, dtype or self.dtype
+        family = catalog.family(catalog.get(name).family)
+        source = family.tiny_decoder_source
+        if not source:
+            raise ValueError(f"decoder: the {family.name!r} family has no tiny decoder; choose 'vae'")
+        if (source, dtype) not in self._decoders:
+            self._decoders[(source, dtype)] = load_tiny_decoder(source, dtype).to(self.device).eval()
+        return self._decoders[(source, dtype)]
+
+    def preview(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
+        """What draws the image so far: the family's tiny decoder when it can be had, else a linear map fitted
+        to the model's VAE (for SD a good approximation; the toy VAE is too far from linear for one)."""
+        pipeline = self.get(name, catalog, dtype)
+        try:
+            decoder = self.decoder(name, "tiny", catalog, dtype)
+        except (ValueError, ModelUnavailableError):
+            decoder = None
+        key = id(decoder if decoder is not None else pipeline.vae)
+        if key not in self._previews:
+            self._previews[key] = TinyDecoderPreview(decoder) if decoder is not None else LatentPreview(pipeline.vae)
+        return self._previews[key]
+
+    def macs(self, name: str, resolution: int, catalog: Catalog | None = None) -> tuple[int, int]:
         """(conv + linear, with attention) MACs of one U-Net call, batch 1, counted on the meta device."""
         key = (name, resolution)
         if key not in self._macs:
-            pipeline = self.get(name)
+            pipeline = self.get(name, catalog)
             latent = resolution // pipeline.vae_scale_factor
             count = count_unet_macs(meta_unet(dict(pipeline.unet.config)), (latent, latent), 1,
                                     pipeline.tokenizer.model_max_length)
@@ -155,7 +264,7 @@ def _warm_up(pipeline: StableDiffusionPipeline) -> None:
     synchronize(pipeline.device)
 
 
-class _UNetTimer:
+class UNetTimer:
     """Times every U-Net forward, synchronizing the device before and after it."""
 
     def __init__(self, unet):
@@ -182,85 +291,93 @@ class _UNetTimer:
 
 @torch.inference_mode()
 def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: Image.Image | None = None,
-              callback: Callback | None = None, index: int = 0, models: int = 1) -> Result:
-    """One image from one model; img2img when `init_image` is given."""
-    base = cache.get(name)
+              callback: Callback | None = None, index: int = 0, models: int = 1, catalog: Catalog | None = None,
+              previews: float = 0.0) -> Result:
+    """One image from one model; img2img when `init_image` is given. With `previews` (seconds), a progress
+    event carries a rough picture of the image so far, at most that often (0: never)."""
+    dtype = parse_dtype(settings.dtype)
+    base = cache.get(name, catalog, dtype)
     native = native_resolution(base)
     settings.check(native)
     resolution = settings.resolution or native
-    # A fresh pipeline object over the cached components: its own scheduler, no weights copied.
-    components = {**base.components, "scheduler": make_scheduler(settings.scheduler, base.scheduler.config)}
-    pipeline_class = StableDiffusionImg2ImgPipeline if init_image is not None else StableDiffusionPipeline
-    pipeline = pipeline_class(**components, requires_safety_checker=False)
-    pipeline.set_progress_bar_config(disable=True)
+    decoder = cache.decoder(name, settings.decoder, catalog, dtype)
+    preview = cache.preview(name, catalog, dtype) if previews else None
+    last_preview = [0.0]
 
-    def on_step_end(_pipe, step, _timestep, kwargs):
-        report(callback, "generate", step + 1, _pipe.num_timesteps, model=name, index=index, models=models)
-        return kwargs
+    def on_step(done, steps, latents):
+        picture = None
+        if preview is not None and time.perf_counter() - last_preview[0] >= previews:
+            picture, last_preview[0] = preview(latents, min(resolution, 256)), time.perf_counter()
+        report(callback, "generate", done, steps, preview=picture, model=name, index=index, models=models)
 
-    arguments = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
-                     num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                     generator=torch.Generator().manual_seed(settings.seed),  # CPU noise: same on every device
-                     callback_on_step_end=on_step_end)
-    if init_image is not None:
-        arguments.update(image=square(init_image, resolution), strength=settings.strength)
-    else:
-        arguments.update(height=resolution, width=resolution)
-    with _UNetTimer(pipeline.unet) as timer:
+    with UNetTimer(base.unet) as timer:
         synchronize(cache.device)
         started = time.perf_counter()
-        image = pipeline(**arguments).images[0]
+        made = generate(base, [settings.prompt], [torch.Generator().manual_seed(settings.seed)],  # CPU noise
+                        settings, resolution, decoder, init_image, on_step)
         synchronize(cache.device)
         seconds = time.perf_counter() - started
-    macs_paper, macs_total = cache.macs(name, resolution)
-    return Result(model=name, image=image, seconds=seconds, unet_seconds=timer.seconds, settings=settings,
+    macs_paper, macs_total = cache.macs(name, resolution, catalog)
+    return Result(model=name, image=made.images[0], seconds=seconds, unet_seconds=timer.seconds, settings=settings,
                   resolution=resolution, unet_params=sum(p.numel() for p in base.unet.parameters()),
                   macs_paper=macs_paper, macs_total=macs_total,
                   prompt_tokens=len(base.tokenizer(settings.prompt).input_ids),
-                  max_tokens=base.tokenizer.model_max_length)
+                  max_tokens=base.tokenizer.model_max_length, decode_seconds=made.decode_seconds,
+                  cached_calls=made.cached_calls)
 
 
-def compare(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
-            callback: Callback | None = None) -> list[Result]:
-    """The same prompt, seed and scheduler on every model, one after the other."""
+def compare(cache: PipelineCache, models: list[str], settings: Settings | list[Settings],
+            init_image: Image.Image | None = None, callback: Callback | None = None) -> list[Result]:
+    """The same prompt and seed on every model (and every settings, for a grid), one after the other."""
     return list(compare_iter(cache, models, settings, init_image, callback))
 
 
-def compare_iter(cache: PipelineCache, models: list[str], settings: Settings, init_image: Image.Image | None = None,
-                 callback: Callback | None = None, catalog: Catalog | None = None):
-    """`compare`, one result at a time. Every model is loaded before the first image: a model that can't be
-    had stops the comparison before any generation time is spent. Only models of `catalog` (default: the
-    cache's) can be chosen, even when the cache holds others."""
+def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | list[Settings],
+                 init_image: Image.Image | None = None, callback: Callback | None = None,
+                 catalog: Catalog | None = None, previews: float = 0.0):
+    """`compare`, one result at a time, model by model and within a model settings by settings (a grid's row).
+    Every model is loaded before the first image: a model that can't be had stops the comparison before any
+    generation time is spent. Only models of `catalog` (default: the cache's) can be chosen, even when the
+    cache holds others."""
     catalog = catalog or cache.catalog
+    columns = settings if isinstance(settings, list) else [settings]
     if not models:
         raise ValueError("models: none chosen; pick at least one")
-    settings.check()
+    if not columns:
+        raise ValueError("recipes: none chosen; pick at least one")
+    for column in columns:
+        column.check()
     unknown = [m for m in models if m not in catalog]
     if unknown:
         raise ValueError(f"models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(catalog.names())}")
+    cells = [(name, column) for name in models for column in columns]
     load_seconds = {}
-    for i, name in enumerate(models):
-        report(callback, "load", i, len(models), model=name)
-        started, was_loaded = time.perf_counter(), cache.loaded(name)
-        settings.check(native_resolution(cache.get(name, catalog)))
-        load_seconds[name] = 0.0 if was_loaded else time.perf_counter() - started
-    for i, name in enumerate(models):
-        result = run_model(cache, name, settings, init_image, callback, i, len(models))
-        result.load_seconds = load_seconds[name]
+    for i, (name, column) in enumerate(cells):
+        report(callback, "load", i, len(cells), model=name)
+        dtype = parse_dtype(column.dtype)
+        started, was_loaded = time.perf_counter(), cache.loaded(name, dtype)
+        column.check(native_resolution(cache.get(name, catalog, dtype)))
+        cache.decoder(name, column.decoder, catalog, dtype)
+        load_seconds.setdefault((name, dtype), 0.0 if was_loaded else time.perf_counter() - started)
+    for i, (name, column) in enumerate(cells):
+        result = run_model(cache, name, column, init_image, callback, i, len(cells), catalog, previews)
+        result.load_seconds = load_seconds.pop((name, parse_dtype(column.dtype)), 0.0)
         yield result
 
 
-@torch.inference_mode()
 def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[int], steps: int = 25,
-           guidance: float = 7.5, batch: int = 32, callback: Callback | None = None) -> list[Image.Image]:
+           guidance: float = 7.5, batch: int = 32, callback: Callback | None = None,
+           settings: Settings | None = None, decoder=None, resolution: int | None = None) -> list[Image.Image]:
     """Untimed images for validation grids, class images and prompt sets: image i from its own seed,
-    so it is the same image whatever the batch it was drawn in."""
+    so it is the same image whatever the batch it was drawn in. `settings` (its knobs; the prompt and seed
+    are ignored) replaces `steps` and `guidance`; `decoder`: a tiny decoder instead of the pipeline's VAE."""
     pipeline.set_progress_bar_config(disable=True)
+    settings = settings or Settings("-", steps=steps, guidance=guidance)
+    resolution = resolution or native_resolution(pipeline)
     images = []
     for start in range(0, len(prompts), batch):
         generators = [torch.Generator().manual_seed(seed) for seed in seeds[start:start + batch]]
-        images += pipeline(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=guidance,
-                           generator=generators).images
+        images += generate(pipeline, prompts[start:start + batch], generators, settings, resolution, decoder).images
         report(callback, "generate", len(images), len(prompts))
     return images
 

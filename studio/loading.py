@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 
@@ -123,6 +123,14 @@ def load_pipeline(
         return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError) as error:
         raise _unavailable(repr(ref), entry, source, error) from error
+
+
+def load_tiny_decoder(source: str, dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
+    """A tiny autoencoder (TAESD layout, diffusers' AutoencoderTiny) from a hub id or a local folder."""
+    try:
+        return AutoencoderTiny.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise _unavailable(f"tiny decoder {source!r}", None, source, error) from error
 
 
 def share_components(teacher: StableDiffusionPipeline, unet: UNet2DConditionModel) -> StableDiffusionPipeline:

@@ -15,6 +15,7 @@ class Progress:
     done: int  # units finished (steps, images, tensors)
     total: int
     info: dict = field(default_factory=dict)  # e.g. {"model": ..., "loss": ...}
+    preview: object = None  # generation: a rough PIL picture of the image so far, when asked for
 
     @property
     def fraction(self) -> float:
@@ -28,9 +29,9 @@ class Progress:
 Callback = Callable[[Progress], None]
 
 
-def report(callback: Callback | None, task: str, done: int, total: int, **info) -> None:
+def report(callback: Callback | None, task: str, done: int, total: int, preview=None, **info) -> None:
     if callback is not None:
-        callback(Progress(task, done, total, info))
+        callback(Progress(task, done, total, info, preview))
 
 
 class TqdmProgress:

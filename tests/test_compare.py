@@ -18,7 +18,12 @@ from studio.ui.img2img import img2img_stream
     (Settings(""), "prompt is empty"),
     (Settings("a cat", steps=0), "steps must be between 1 and 100"),
     (Settings("a cat", guidance=21), "guidance must be between 0 and 20"),
-    (Settings("a cat", scheduler="LMS"), "choose one of PNDM, DDIM, DPM-Solver++, Euler"),
+    (Settings("a cat", scheduler="LMS"), "choose one of PNDM, DDIM, DPM-Solver++, DPM++ 2M Karras, UniPC, Euler"),
+    (Settings("a cat", guidance_stop=0), "guidance stop must be a fraction of the steps in (0, 1], got 0"),
+    (Settings("a cat", cache_interval=0), "cache interval must be between 1 (off) and 10, got 0"),
+    (Settings("a cat", tome_ratio=0.9), "token merging ratio must be between 0 (off) and 0.75, got 0.9"),
+    (Settings("a cat", decoder="taesd"), "unknown decoder 'taesd'; choose one of vae, tiny"),
+    (Settings("a cat", dtype="int8"), "unknown dtype 'int8'; choose one of fp32, fp16, bf16"),
     (Settings("a cat", resolution=30), "positive multiple of 8"),
     (Settings("a cat", resolution=72), "the most is 64"),
     (Settings("a cat", strength=0), "strength must be in (0, 1]"),
@@ -43,7 +48,7 @@ def test_compare_runs_every_model_on_the_same_settings(tiny_catalog, tmp_path):
     assert "tiny-teacher" in items[0][1] and "tiny-small" in items[1][1]
     assert "tokens long" not in readout
     student_row = next(line for line in readout.splitlines() if line.startswith("| tiny-small"))
-    assert "x, " in student_row and "teacher not run" not in student_row
+    assert "x; -" in student_row and "| custom |" in student_row  # DDIM 3 steps: no preset; no paper teacher run
     # Progress events: both models loaded first, then every step of every model, in order.
     assert [(e.task, e.info["model"], e.done) for e in events] == \
         [("load", "tiny-teacher", 0), ("load", "tiny-small", 1)] + \

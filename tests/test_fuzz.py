@@ -26,17 +26,25 @@ JOB = ["", "nope", "../../etc", HUGE, CONTROL, 12, "20260101-000000-ffffff"]
 JOB_STATUS = JOB[1:]  # for a status, "" is no selection
 JOBS = [["nope"], ["../../etc"], [HUGE], "20260101-000000-ffffff", [12]]
 
+RECIPE_KNOBS = [("guidance_stop", "guidance stop", 1.0, [None, "abc", 0.0, 2.0]),
+                ("cache_interval", "cache interval", 1, [None, "abc", 0, 11, 1.5]),
+                ("tome_ratio", "token merging", 0.0, [None, "abc", -0.1, 0.9]),
+                ("decoder", "decoder", "vae", CHOICE + ["tiny"]),  # the tiny family has no tiny decoder
+                ("dtype", "dtype", "fp32", CHOICE)]
+
 # endpoint: [(parameter, the word its errors must contain, a good value, bad values)]
 ENDPOINTS = {
     "/compare": [("models", "models", ["tiny-small"], MODELS), ("prompt", "prompt", "a cat", TEXT),
                  ("negative", "negative prompt", "", OPTIONAL_TEXT), ("seed", "seed", 1, WHOLE),
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
-                 ("scheduler", "scheduler", "Euler", CHOICE), ("resolution", "resolution", 0, [-8, 36, 10**6, "abc"])],
+                 ("scheduler", "scheduler", "Euler", CHOICE), ("resolution", "resolution", 0, [-8, 36, 10**6, "abc"]),
+                 *RECIPE_KNOBS, ("recipes", "grid", [], [None, "paper", ["nope"], [12], [HUGE]])],
     "/img2img": [("models", "models", ["tiny-small"], MODELS), ("image", "image", "IMAGE", [None, "NOT_AN_IMAGE"]),
                  ("strength", "strength", 0.5, [None, "abc", 0, 2.0]), ("prompt", "prompt", "a cat", TEXT),
                  ("negative", "negative prompt", "", OPTIONAL_TEXT), ("seed", "seed", 1, WHOLE),
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
-                 ("scheduler", "scheduler", "DDIM", CHOICE), ("resolution", "resolution", 0, [-8, 36, "abc"])],
+                 ("scheduler", "scheduler", "DDIM", CHOICE), ("resolution", "resolution", 0, [-8, 36, "abc"]),
+                 *RECIPE_KNOBS],
     "/design": [("teacher", "teacher", "tiny-teacher", CHOICE), ("preset", "student", "custom", CHOICE),
                 ("layers", "layers", "1", ["abc", "-1", "1,2,3,4,5,6,7", HUGE, CONTROL]),
                 ("keep_mid", "keep mid", True, ["abc", [1]]), ("keep_innermost", "innermost", True, ["abc", [1]]),

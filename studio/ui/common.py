@@ -20,7 +20,10 @@ import pandas as pd
 from studio.budget import QuotaError
 from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
 from studio.compression import CompressionError
-from studio.generation import MAX_GUIDANCE, MAX_STEPS, SCHEDULERS, PipelineCache
+from studio.bench import DTYPES
+from studio.generation import (DECODERS, MAX_CACHE_INTERVAL, MAX_GUIDANCE, MAX_STEPS, MAX_TOME_RATIO, SCHEDULERS,
+                               PipelineCache)
+from studio.recipes import PRESETS, Recipe
 from studio.jobs import JobError, JobManager, read_metrics
 from studio.loading import ModelUnavailableError
 from studio.training import TrainingError
@@ -119,20 +122,48 @@ def refresh_models_on_visit(app: gr.Blocks, tab: gr.Tab, studio: Studio, models:
     gr.on([app.load, tab.select], refresh, models, models, api_visibility="private", queue=False)
 
 
+def default_recipe(family: Family) -> Recipe:
+    """The studio's CPU recommendation (`fast`) where the family has its tiny decoder, else the reference."""
+    return PRESETS["fast"] if family.tiny_decoder else PRESETS["paper"]
+
+
 def generation_controls(family: Family) -> list:
-    """Prompt, negative prompt, seed (with a random button), steps, guidance, scheduler, resolution."""
+    """Prompt, negative prompt, seed (with a random button), resolution, and a recipe's knobs: steps, guidance,
+    scheduler, guidance stop, step caching, token merging, decoder, dtype. Choosing a recipe fills the knobs in;
+    every knob can then be changed on its own."""
+    recipe = default_recipe(family)
     with gr.Row():
         prompt = inputs.Textbox(value=family.prompt, label="Prompt", scale=3)
         negative = inputs.Textbox(value="", label="Negative prompt", scale=2)
     with gr.Row():
         seed = inputs.Number(value=0, precision=0, label="Seed", minimum=0)
         dice = gr.Button("Random seed", size="sm")
-        steps = inputs.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
-        guidance = inputs.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
-        scheduler = inputs.Dropdown(list(SCHEDULERS), value="PNDM", label="Scheduler")
         resolution = inputs.Number(value=0, precision=0, label="Resolution (px; 0 = each model's own)")
+        preset = inputs.Dropdown(list(PRESETS), value=recipe.name, label="Recipe (fills in the knobs below)")
+    with gr.Row():
+        steps = inputs.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+        guidance = inputs.Slider(0, MAX_GUIDANCE, value=recipe.guidance or family.guidance, step=0.5, label="Guidance")
+        scheduler = inputs.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
+        stop = inputs.Slider(0.05, 1.0, value=recipe.guidance_stop, step=0.05,
+                             label="Guidance stop (fraction of steps with guidance)")
+    with gr.Row():
+        cache = inputs.Slider(1, MAX_CACHE_INTERVAL, value=recipe.cache_interval, step=1,
+                              label="Cache interval: a full U-Net every N steps (1 = off)")
+        tome = inputs.Slider(0, MAX_TOME_RATIO, value=recipe.tome_ratio, step=0.05,
+                             label="Token merging ratio (0 = off)")
+        decoder = inputs.Dropdown(list(DECODERS), value=recipe.decoder, label="Decoder (tiny = TAESD)")
+        dtype = inputs.Dropdown(list(DTYPES), value=recipe.dtype, label="Precision (dtype)")
+    knobs = [steps, guidance, scheduler, stop, cache, tome, decoder, dtype]
+
+    def fill(name):
+        chosen = PRESETS.get(name, PRESETS["paper"])
+        return [chosen.steps, chosen.guidance or family.guidance, chosen.scheduler, chosen.guidance_stop,
+                chosen.cache_interval, chosen.tome_ratio, chosen.decoder, chosen.dtype]
+
+    preset.change(fill, preset, knobs, api_visibility="private", queue=False)
     dice.click(lambda: random.randrange(2**31), None, seed, api_visibility="private", queue=False)
-    return [prompt, negative, seed, steps, guidance, scheduler, resolution]
+    # The order the endpoints take them: the first seven as before this round, the recipe's knobs after.
+    return [prompt, negative, seed, steps, guidance, scheduler, resolution, stop, cache, tome, decoder, dtype]
 
 
 def number(name: str, value, kind=float):

@@ -1,64 +1,160 @@
 """The Compare tab: the family's models on one prompt, seed and scheduler, side by side, with readouts."""
 
+import contextvars
+import queue
+import threading
+import time
+
 import gradio as gr
 
 from studio.ui import inputs
 
-from studio.generation import Result, Settings, compare_iter, speedups
+from studio.generation import Result, Settings, compare_iter
+from studio.recipes import PRESETS, recipe_name
 from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
 from studio.workspaces import Workspace
 
-READOUT_HEADER = ["| model | total | U-Net / step | speed-up (total, U-Net) | U-Net params | "
-                  "G MACs / step (conv+linear; +attn) | loading |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+READOUT_HEADER = ["| model | recipe | total | U-Net calls (cached) | decode | speed-up vs teacher: same recipe; paper | "
+                  "U-Net params | G MACs / call (conv+linear; +attn) | loading |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 
 
-def settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength=0.75) -> Settings:
+def settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength=0.75,
+                           guidance_stop=1.0, cache_interval=1, tome_ratio=0.0, decoder="vae", dtype="fp32",
+                           family_guidance: float = 7.5) -> Settings:
     try:
-        return Settings(prompt=prompt or "", negative_prompt=negative or "", seed=int(seed), steps=int(steps),
-                        guidance=float(guidance), scheduler=scheduler, resolution=int(resolution or 0) or None,
-                        strength=float(strength))
+        settings = Settings(prompt=prompt or "", negative_prompt=negative or "", seed=int(seed), steps=int(steps),
+                            guidance=float(guidance), scheduler=scheduler, resolution=int(resolution or 0) or None,
+                            strength=float(strength), guidance_stop=float(guidance_stop),
+                            cache_interval=int(cache_interval), tome_ratio=float(tome_ratio), decoder=decoder,
+                            dtype=dtype)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError("seed, steps and resolution must be whole numbers, guidance and strength numbers") from None
+        raise ValueError("seed, steps, cache interval and resolution must be whole numbers; guidance, guidance "
+                         "stop, token merging and strength numbers") from None
+    return recipe_name(settings, family_guidance)
+
+
+def grid_columns(settings: Settings, recipes, family_guidance: float) -> list[Settings]:
+    """Grid mode: one column per chosen preset, on `settings`' prompt, seed and resolution; none: `settings`."""
+    if recipes is None or recipes == []:
+        return [settings]
+    if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
+        raise ValueError(f"grid recipes: must be a list of preset names, got {recipes!r}"[:200])
+    unknown = [r for r in recipes if r not in PRESETS]
+    if unknown:
+        raise ValueError(f"grid recipes: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(PRESETS)}")
+    return [PRESETS[r].apply(settings, family_guidance) for r in dict.fromkeys(recipes)]
+
+
+def speedups(results: list[Result], teacher: str | None) -> list[tuple[float | None, float | None]]:
+    """Per result: end-to-end speed-up against the teacher with the same settings, and with `paper`
+    (None where that teacher image was not made in this run)."""
+    def teacher_time(match):
+        found = next((r for r in results if r.model == teacher and match(r.settings)), None)
+        return found.seconds if found else None
+
+    paper = teacher_time(lambda s: s.recipe == "paper")
+    ratios = []
+    for r in results:
+        same = teacher_time(lambda s, mine=r.settings: s == mine)
+        ratios.append((same and same / r.seconds, paper and paper / r.seconds))
+    return ratios
 
 
 def readout_table(results: list[Result], teacher: str | None, device: str = "cpu") -> str:
-    ratios = speedups(results, teacher)
     lines = list(READOUT_HEADER)
-    for r in results:
-        ratio = ratios[r.model]
-        speed = f"{ratio[0]:.2f}x, {ratio[1]:.2f}x" if ratio else "- (teacher not run)"
+    for r, (same, paper) in zip(results, speedups(results, teacher)):
+        speed = (f"{same:.2f}x" if same else "-") + "; " + (f"{paper:.2f}x" if paper else "-")
         load = f"{r.load_seconds:.1f} s" if r.load_seconds else "cached"
-        lines.append(f"| {r.model} | {r.seconds:.3f} s | {r.unet_step_seconds * 1000:.1f} ms | {speed} | "
-                     f"{r.unet_params:,} | {r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
+        calls = len(r.unet_seconds)
+        lines.append(f"| {r.model} | {r.settings.recipe} | {r.seconds:.3f} s | {calls} ({r.cached_calls}) | "
+                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {r.unet_params:,} | "
+                     f"{r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
     first = results[0]
     if first.prompt_tokens > first.max_tokens:
         lines.append(f"\nThe prompt is {first.prompt_tokens} tokens long; the text encoder reads the first "
                      f"{first.max_tokens}, so the rest was cut.")
-    lines.append(f"\n{first.resolution}x{first.resolution}, {first.settings.steps} steps, {first.settings.scheduler}, "
-                 f"guidance {first.settings.guidance}, seed {first.settings.seed}, on {device}. "
-                 "Timings exclude loading (models are warmed up first); the device is synchronized around every "
-                 "U-Net call; U-Net / step is the median call (both CFG halves run in one batch). "
-                 "MACs: one U-Net call at batch 1.")
+    for recipe in dict.fromkeys(r.settings for r in results):
+        lines.append(f"\n**{recipe.recipe}**: {recipe.steps} {recipe.scheduler} steps, guidance {recipe.guidance} on "
+                     f"{recipe.guidance_stop:.0%} of them, full U-Net every {recipe.cache_interval} call(s), token "
+                     f"merging {recipe.tome_ratio:g}, decoder {recipe.decoder}, {recipe.dtype}.")
+    if teacher is None or not any(r.model == teacher and r.settings.recipe == "paper" for r in results):
+        lines.append("\nSpeed-up against the teacher with `paper`: run the teacher with the `paper` recipe too "
+                     "(tick `paper` under Grid).")
+    lines.append(f"\n{first.resolution}x{first.resolution}, seed {first.settings.seed}, on {device}. Timings exclude "
+                 "loading (models are warmed up first); the device is synchronized around every U-Net call and the "
+                 "decode. Total: text encoding, every U-Net call, decoding. MACs: one full U-Net call at batch 1.")
     return "\n".join(lines)
 
 
-def compare_stream(studio: Studio, models: list[str], settings: Settings, init_image=None, callback=None,
-                   workspace: Workspace | None = None):
-    """Yields (gallery items [(png path, caption)], readout markdown) after each model: every chosen model is
-    loaded first, so one that can't be had stops the run before any image is made. Only the catalogue's models
-    and the workspace's own students can be chosen; images go to the workspace's history."""
+class _Stopped(Exception):
+    """The page went away: the worker stops at its next step."""
+
+
+def _in_background(run, callback, previews: bool):
+    """Runs `run(callback)` (a generator function) in a thread, yielding ("result", item) as it makes them and,
+    with `previews`, ("preview", progress event) for events that carry a picture."""
+    events, stop = queue.Queue(), threading.Event()
+
+    def on_progress(event):
+        if stop.is_set():
+            raise _Stopped()
+        if callback is not None:
+            callback(event)
+        if previews and event.preview is not None:  # already no more than one every PREVIEW_SECONDS
+            events.put(("preview", event))
+
+    def work():
+        try:
+            for item in run(on_progress):
+                events.put(("result", item))
+            events.put(("done", None))
+        except BaseException as error:  # handed to the consumer, which raises it
+            events.put(("error", error))
+
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+    try:
+        while True:
+            kind, item = events.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield kind, item
+    finally:
+        stop.set()
+
+
+def compare_stream(studio: Studio, models: list[str], settings: Settings | list[Settings], init_image=None,
+                   callback=None, workspace: Workspace | None = None, previews: bool = False):
+    """Yields (gallery items [(image, caption)], readout markdown) after each model x settings cell (and, with
+    `previews`, as each image forms): every chosen model is loaded first, so one that can't be had stops the run
+    before any image is made. Only the catalogue's models and the workspace's own students can be chosen; images
+    go to the workspace's history."""
     workspace = workspace or studio.workspace()
     models = list(dict.fromkeys(models or []))
     catalog = studio.current_catalog(workspace)
     teachers = {catalog.get(m).teacher or m for m in models if m in catalog}
     teacher = teachers.pop() if len(teachers) == 1 else None
     items, results = [], []
-    for result in compare_iter(studio.cache, models, settings, init_image, callback, catalog):
+
+    def run(on_progress):
+        return compare_iter(studio.cache, models, settings, init_image, on_progress, catalog,
+                            PREVIEW_SECONDS if previews else 0.0)
+
+    for kind, item in _in_background(run, callback, previews):
+        if kind == "preview":
+            info = item.info
+            caption = f"{info['model']}: step {item.done}/{item.total} (preview)"
+            yield [*items, (item.preview, caption)], readout_table(results, teacher, str(studio.cache.device)) \
+                if results else "Generating..."
+            continue
+        result = item
         metadata = {**result.metadata(), "mode": "img2img" if init_image is not None else "txt2img"}
         path = workspace.history.save(result.image, metadata)
-        items.append((str(path), f"{result.model}: {result.seconds:.2f} s"))
+        items.append((str(path), f"{result.model} · {result.settings.recipe}: {result.seconds:.2f} s"))
         results.append(result)
         yield list(items), readout_table(results, teacher, str(studio.cache.device))
 
@@ -70,9 +166,11 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     with gr.Tab("Compare") as tab:
         models = inputs.ChoiceList(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
         controls = generation_controls(studio.family)
+        grid = inputs.ChoiceList(list(PRESETS), value=[], label="Grid: recipes across, models down (none ticked: "
+                                 "one column with the knobs above)")
         run = gr.Button("Compare", variant="primary")
-        gallery = gr.Gallery(label="Same prompt, seed and scheduler", columns=4, format="png", height=320,
-                             object_fit="contain")
+        gallery = gr.Gallery(label="Same prompt and seed; each image forms live", columns=4, format="png",
+                             height=320, object_fit="contain")
         readout = gr.Markdown()
         send = gr.Button("Send the selected image to img2img", size="sm")
         history = gr.Gallery(label="Recent runs (PNGs carry their settings)", columns=8, height=200,
@@ -80,13 +178,17 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         selected = gr.State(None)
 
     @on_gpu
-    def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, request: gr.Request,
-                   progress=gr.Progress()):
+    def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, guidance_stop,
+                   cache_interval, tome_ratio, decoder, dtype, recipes, request: gr.Request, progress=gr.Progress()):
         with user_errors():
             workspace = studio.workspace(request)
-            settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution)
-            for items, text in compare_stream(studio, chosen, settings, None, progress_callback(progress), workspace):
-                yield items, text, workspace.history.recent()
+            settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, 0.75,
+                                              guidance_stop, cache_interval, tome_ratio, decoder, dtype,
+                                              studio.family.guidance)
+            columns = grid_columns(settings, recipes, studio.family.guidance)
+            for items, text in compare_stream(studio, chosen, columns, None, progress_callback(progress), workspace,
+                                              previews=True):
+                yield gr.Gallery(value=items, columns=max(len(columns), 4)), text, workspace.history.recent()
 
     def on_load(request: gr.Request):
         with user_errors():
@@ -95,7 +197,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     def on_select(items, event: gr.SelectData):
         return items[event.index][0] if items else None
 
-    run.click(on_compare, [models, *controls], [gallery, readout, history], api_name="compare",
+    run.click(on_compare, [models, *controls, grid], [gallery, readout, history], api_name="compare",
               concurrency_id="device", concurrency_limit=1)
     gallery.select(on_select, gallery, selected, api_visibility="private")
     app.load(on_load, None, history, api_visibility="private", queue=False)

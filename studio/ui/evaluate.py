@@ -81,6 +81,13 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         message = gr.Markdown()
         monitor = EvaluationMonitor(studio, "evaluate", "Evaluation", "Quality against U-Net latency and MACs",
                                     loss_plot=False)
+        report = studio.family.recipe_report_path
+        if report is not None and report.is_file():
+            with gr.Accordion("Recipes: fidelity against latency, every model x recipe (measured; the command that "
+                              "made it is in the table's title)", open=False):
+                gr.Markdown(report.read_text())
+                if report.with_suffix(".png").is_file():
+                    gr.Image(str(report.with_suffix(".png")), show_label=False, interactive=False)
 
     def on_start(chosen, prompts_file, n, request: gr.Request):
         with user_errors():

@@ -11,11 +11,13 @@ from studio.ui.compare import compare_stream, settings_from_controls
 
 
 def img2img_stream(studio: Studio, models, image_path, strength, prompt, negative, seed, steps, guidance, scheduler,
-                   resolution, callback=None, workspace=None):
+                   resolution, guidance_stop=1.0, cache_interval=1, tome_ratio=0.0, decoder="vae", dtype="fp32",
+                   callback=None, workspace=None, previews=False):
     """`compare_stream` on an uploaded image (checked before any model runs)."""
     image = open_image(image_path)
-    settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength)
-    yield from compare_stream(studio, models, settings, image, callback, workspace)
+    settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength,
+                                      guidance_stop, cache_interval, tome_ratio, decoder, dtype, studio.family.guidance)
+    yield from compare_stream(studio, models, settings, image, callback, workspace, previews)
 
 
 def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
@@ -32,11 +34,14 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
 
     @on_gpu
     def on_img2img(chosen, image, strength, prompt, negative, seed, steps, guidance, scheduler, resolution,
-                   request: gr.Request, progress=gr.Progress()):
+                   guidance_stop, cache_interval, tome_ratio, decoder, dtype, request: gr.Request,
+                   progress=gr.Progress()):
         with user_errors():
             workspace = studio.workspace(request)
             for items, text in img2img_stream(studio, chosen, image, strength, prompt, negative, seed, steps,
-                                              guidance, scheduler, resolution, progress_callback(progress), workspace):
+                                              guidance, scheduler, resolution, guidance_stop, cache_interval,
+                                              tome_ratio, decoder, dtype, progress_callback(progress), workspace,
+                                              previews=True):
                 yield items, text, workspace.history.recent()
 
     run.click(on_img2img, [models, init_image, strength, *controls], [gallery, readout, compare["history"]],

@@ -1,0 +1,88 @@
+"""A tiny decoder for the toy world, distilled from the toy VAE, as TAESD is from SD's.
+
+diffusers' `AutoencoderTiny` (TAESD's layout) at the toy scale: two stages of
+32 channels and one 2x upsampling, the toy VAE's factor. The decoder learns to
+reproduce the toy VAE decoder's pixels from latents the VAE's encoder makes of
+toy images (sampled, not just the mean, so it also sees latents a little off
+the data); the encoder learns the VAE's scaled latent means. Latents go in as
+the pipeline holds them (already scaled), so its `scaling_factor` is 1.0, as
+TAESD's. `python -m studio toy decoder` trains it and writes it to
+`assets/toy/tiny-decoder`, with a card giving its fidelity and speed.
+"""
+
+import json
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+from diffusers import AutoencoderTiny
+
+from studio.evaluation.metrics import psnr
+from studio.images import from_tensor
+from studio.loading import load_pipeline
+from studio.toy.data import batch_tensors
+
+TOY_TINY_DECODER = {
+    "encoder_block_out_channels": (32, 32), "decoder_block_out_channels": (32, 32),
+    "num_encoder_blocks": (1, 2), "num_decoder_blocks": (2, 1), "latent_channels": 4, "scaling_factor": 1.0,
+}
+
+
+def distill_tiny_decoder(out: Path, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                         pool_size: int = 4096, log=print) -> dict:
+    torch.manual_seed(seed)
+    vae = load_pipeline("toy-teacher").vae.eval().requires_grad_(False)
+    tiny = AutoencoderTiny(**TOY_TINY_DECODER)
+    optimizer = torch.optim.AdamW(tiny.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    pool, _ = batch_tensors(range(pool_size), seed=seed + 1)  # drawing shapes costs more than a step: draw once
+    for step in range(1, steps + 1):
+        images = pool[torch.randint(pool_size, (batch_size,), generator=generator)]
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+            latents = posterior.sample(generator) * vae.config.scaling_factor
+            target = vae.decode(latents / vae.config.scaling_factor).sample
+        decoded = tiny.decode(latents).sample
+        encoded = tiny.encode(images).latents
+        loss_decoder = torch.nn.functional.mse_loss(decoded, target)
+        loss_encoder = torch.nn.functional.mse_loss(encoded, posterior.mean * vae.config.scaling_factor)
+        optimizer.zero_grad()
+        (loss_decoder + loss_encoder).backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps:
+            log(f"step {step}/{steps}: decoder {loss_decoder.item():.5f}, encoder {loss_encoder.item():.5f}")
+    train_seconds = time.perf_counter() - started
+    card = {"steps": steps, "batch_size": batch_size, "lr": lr, "images": pool_size,
+            "train_seconds": round(train_seconds, 1),
+            **measure(vae, tiny.eval())}
+    out.mkdir(parents=True, exist_ok=True)
+    tiny.save_pretrained(out, safe_serialization=True)
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    log(json.dumps(card, indent=2))
+    return card
+
+
+@torch.inference_mode()
+def measure(vae, tiny, n: int = 256, repeats: int = 21) -> dict:
+    """Fidelity of the tiny decoder to the VAE decoder on held-out toy images, and both decoders' time."""
+    images, _ = batch_tensors(range(n), seed=10_000)  # data the training never drew
+    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    reference = [from_tensor(x) for x in vae.decode(latents / vae.config.scaling_factor).sample]
+    tiny_images = [from_tensor(x) for x in tiny.decode(latents).sample]
+    fidelity = median(psnr(a, b) for a, b in zip(tiny_images, reference))
+    times = {"vae": [], "tiny": []}
+    one = latents[:1]
+    for _ in range(repeats):  # interleaved, batch 1; the first round warms up
+        for name, decode in (("vae", lambda: vae.decode(one / vae.config.scaling_factor)),
+                             ("tiny", lambda: tiny.decode(one))):
+            start = time.perf_counter()
+            decode()
+            times[name].append(time.perf_counter() - start)
+    return {"psnr_to_vae_decoder_db": round(fidelity, 2), "held_out_images": n,
+            "vae_decode_ms": round(1000 * median(times["vae"][1:]), 3),
+            "tiny_decode_ms": round(1000 * median(times["tiny"][1:]), 3),
+            "vae_decoder_params": sum(p.numel() for p in vae.decoder.parameters()) +
+            sum(p.numel() for p in vae.post_quant_conv.parameters()),
+            "tiny_decoder_params": sum(p.numel() for p in tiny.decoder.parameters())}
