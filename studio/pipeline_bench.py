@@ -75,6 +75,7 @@ def random_pipelines(teacher: str, archs: tuple[str, ...], catalog: Catalog, dev
         pipeline = StableDiffusionPipeline(
             unet=UNet2DConditionModel.from_config(config), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline.set_progress_bar_config(disable=True)
         pipelines[arch] = pipeline.to(device, dtype)
     tiny = AutoencoderTiny.from_config(_tiny_decoder_config(teacher, catalog)).to(device, dtype).eval()
     return pipelines, tiny, configs

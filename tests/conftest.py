@@ -136,14 +136,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None):
-    """The app on the tiny family (local, or as `hosting` says), served on a free port; yields its URL. On exit
+def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, family: str = "tiny"):
+    """The app on `family` (local, or as `hosting` says), served on a free port; yields its URL. On exit
     the server closes and any job it left running is killed."""
     from studio.ui.app import build_app
     from studio.ui.hosting import Hosting, launch_options
 
     hosting = hosting or Hosting(public=False)
-    app = build_app(catalog, family="tiny", data_dir=data_dir, hosting=hosting)
+    app = build_app(catalog, family=family, data_dir=data_dir, hosting=hosting)
     port = free_port()
     app.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(hosting))

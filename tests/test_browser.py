@@ -8,6 +8,7 @@ the test's temporary folder).
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (apt)")]
 
 RECENT = "Recent runs (PNGs carry their settings)"
+GALLERY = "Same prompt and seed; each image forms live"
 TABS = {
-    "Compare": ["Prompt", "Negative prompt", "Seed", "Random seed", "Steps", "Guidance", "Scheduler",
+    "Compare": ["Prompt", "Negative prompt", "Seed", "Random seed", "Recipe", "Steps", "Guidance", "Scheduler",
+                "Guidance stop", "Cache interval", "Token merging", "Decoder", "Precision", "Grid: recipes across",
                 "Send the selected image to img2img", "Recent runs"],
     "img2img": ["Input image", "Strength", "Prompt", "Scheduler", "Run img2img"],
     "Train a student": ["Teacher", "Student", "Parameters and MACs", "Data", "Learning rate", "λ feature KD",
@@ -36,9 +39,15 @@ TABS = {
 @pytest.fixture
 def browser(tiny_catalog, tmp_path):
     """(driver, page url, screenshot folder, data folder) with the app on the tiny family, in public mode."""
-    from selenium import webdriver
-
     from studio.ui.hosting import Hosting
+
+    with open_browser(tiny_catalog, "tiny", tmp_path, Hosting(public=True, max_steps=1_000_000)) as opened:
+        yield opened
+
+
+@contextmanager
+def open_browser(catalog, family, tmp_path, hosting=None):
+    from selenium import webdriver
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -49,7 +58,7 @@ def browser(tiny_catalog, tmp_path):
     shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        with serve_app(tiny_catalog, tmp_path / "data", hosting=Hosting(public=True, max_steps=1_000_000)) as url:
+        with serve_app(catalog, tmp_path / "data", hosting=hosting, family=family) as url:
             yield driver, url, shots, tmp_path / "data"
     finally:
         driver.quit()
@@ -132,9 +141,10 @@ def test_a_visitor_compares_models_and_finds_a_training_job_after_a_reload(brows
     # Compare: both models of the family are ticked; one image and one readout row each.
     click(driver, "button.primary", "Compare")
     wait.until(lambda d: "| tiny-small" in d.page_source or ("tiny-small" in body(d) and "speed-up" in body(d)))
-    wait.until(lambda d: images_in(d, "Same prompt, seed and scheduler") == 2)
+    # Both finished (a forming image shows in the gallery too, as a preview; finished ones join the history).
+    wait.until(lambda d: images_in(d, RECENT) == 2 and images_in(d, GALLERY) == 2)
     text = body(driver)
-    assert "U-Net / step" in text and "tiny-teacher" in text
+    assert "U-Net calls" in text and "tiny-teacher" in text
     driver.save_screenshot(str(shots / "compare.png"))
 
     # Train: start a job from the page (the family's defaults: toy data, a long run), see it run.
@@ -168,3 +178,24 @@ def test_a_visitor_compares_models_and_finds_a_training_job_after_a_reload(brows
     wait.until(lambda d: "No jobs yet." in body(d))
     assert job_id not in body(driver)
     driver.save_screenshot(str(shots / "train-other-visitor.png"))
+
+
+def test_a_grid_of_recipes_on_the_toy_world(catalog, tmp_path):
+    """Models down, recipes across: the four toy models, each with `paper` and `fast`, in one click."""
+    from selenium.webdriver.common.by import By
+
+    with open_browser(catalog, "toy", tmp_path) as (driver, url, shots, _):
+        wait = open_page(driver, url)
+        for recipe in ("paper", "fast"):  # all four models are ticked
+            click(driver, "label", recipe)
+        click(driver, "button.primary", "Compare")
+        try:
+            wait.until(lambda d: images_in(d, RECENT) == 8 and images_in(d, GALLERY) == 8)
+        finally:
+            driver.save_screenshot(str(shots / "compare-grid.png"))
+        readout = driver.find_element(By.XPATH, "//table[.//th[contains(., 'U-Net calls')]]").text
+        rows = [line for line in readout.splitlines() if line.startswith("toy-")]
+        assert [" ".join(row.split()[:2]) for row in rows] == [
+            f"{model} {recipe}" for model in ("toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny")
+            for recipe in ("paper", "fast")], readout
+        assert "(tiny)" in readout and "(vae)" in readout  # fast decodes with the toy tiny decoder

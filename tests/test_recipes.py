@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderTiny
-from PIL import Image
 
 from studio.acceleration import StepCache, guidance_steps, token_merging
 from studio.evaluation.metrics import psnr

@@ -59,6 +59,9 @@ def distill_tiny_decoder(out: Path, steps: int = 1500, batch_size: int = 64, lr:
             **measure(vae, tiny.eval())}
     out.mkdir(parents=True, exist_ok=True)
     tiny.save_pretrained(out, safe_serialization=True)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("block_out_channels", None)  # diffusers records it, then warns that AutoencoderTiny does not take it
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     log(json.dumps(card, indent=2))
     return card

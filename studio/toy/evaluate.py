@@ -1,6 +1,8 @@
 """Prompt accuracy of toy models (by the procedural judge), on the fixed 90-prompt set."""
 
 import itertools
+import json
+from pathlib import Path
 
 from studio.catalog import Catalog, packaged_family
 from studio.generation import sample
@@ -46,3 +48,10 @@ def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS, 
     pipeline = pipeline or load_pipeline(ref, catalog)
     targets, images = prompt_set_images(pipeline, n, steps, guidance, seed)
     return {**judge_accuracy(targets, images), "n": n, "steps": steps, "guidance": guidance, "seed": seed}
+
+
+def write_table_and_rows(report: Path, lines: list[str], rows) -> None:
+    """A toy report: the markdown `lines` at `report`, and `rows` as JSON beside it (same stem)."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines) + "\n")
+    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")

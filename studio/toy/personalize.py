@@ -21,6 +21,7 @@ from studio.generation import sample
 from studio.options import to_argv
 from studio.personalization.config import DreamBoothConfig
 from studio.toy.data import COLORS, SIZE, ShapeSample, render
+from studio.toy.evaluate import write_table_and_rows
 from studio.toy.judge import Palette, judge
 from studio.training import derive_seed
 
@@ -109,7 +110,5 @@ def write_report(rows, steps, class_images, lr, n, report: Path) -> None:
         lines.append(f"| {row['model']} | {b['instance']['orange']:.0%} | {a['instance']['orange']:.0%} | "
                      f"{b['class']['orange']:.0%} | {a['class']['orange']:.0%} | {a['class']['circle']:.0%} | "
                      f"{row['train_seconds']:.0f} s | {row['peak_memory_mb']:.0f} MB ({row['memory_kind']}) |")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table_and_rows(report, lines, rows)
     print("\n".join(lines))

@@ -7,7 +7,6 @@ the same prompt and seed, and the seconds per image (the whole set drawn in
 batches of `batch`, divided by its size; loading and warm-up excluded).
 """
 
-import json
 import time
 from pathlib import Path
 from statistics import mean
@@ -19,7 +18,7 @@ from studio.evaluation.pareto import pareto_front, plot_pareto
 from studio.generation import PipelineCache, Settings, sample
 from studio.recipes import PRESETS, parse_recipe
 from studio.toy.data import caption
-from studio.toy.evaluate import PROMPT_SET
+from studio.toy.evaluate import PROMPT_SET, write_table_and_rows
 from studio.toy.judge import judge_accuracy
 from studio.training import derive_seed
 
@@ -69,7 +68,7 @@ def write_report(rows: list[dict], report: Path) -> None:
     measured = [r for r in rows if r["psnr_to_teacher_paper"] is not None]
     front = {(r["model"], r["recipe"]) for r in pareto_front(measured, "seconds", "psnr_to_teacher_paper")}
     own_paper = {r["model"]: r["judge_all"] for r in rows if r["recipe"] == "paper"}
-    lines = [f"# Recipes on the toy world (`python -m studio toy recipes`)\n",
+    lines = ["# Recipes on the toy world (`python -m studio toy recipes`)\n",
              f"{rows[0]['n']} prompts, image i seeded with derive_seed(0, i); seconds per image = the set drawn in "
              f"batches of {rows[0]['batch']}, divided by its size (CPU; loading and warm-up excluded). "
              "PSNR: against toy-teacher's `paper` image for the same prompt and seed (the mean over images). "
@@ -82,9 +81,7 @@ def write_report(rows: list[dict], report: Path) -> None:
         lines.append(f"| {r['model']} | {r['recipe']}{mark} | {r['judge_all']:.1%} | "
                      f"{'-' if delta is None else f'{delta * 100:+.1f} pts'} | "
                      f"{_db(r['psnr_to_teacher_paper'])} | {r['seconds'] * 1000:.1f} |")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table_and_rows(report, lines, rows)
     plot_pareto(measured, "seconds", "psnr_to_teacher_paper", report.with_suffix(".png"),
                 "Toy world: fidelity to the teacher's paper images against time, models x recipes",
                 "seconds per image (CPU, batched)", "PSNR to toy-teacher with paper (dB)")

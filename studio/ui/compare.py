@@ -3,7 +3,6 @@
 import contextvars
 import queue
 import threading
-import time
 
 import gradio as gr
 
@@ -188,7 +187,10 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
             columns = grid_columns(settings, recipes, studio.family.guidance)
             for items, text in compare_stream(studio, chosen, columns, None, progress_callback(progress), workspace,
                                               previews=True):
-                yield gr.Gallery(value=items, columns=max(len(columns), 4)), text, workspace.history.recent()
+                # A grid reads as rows of models with a column per recipe; one recipe puts the models side by side.
+                grid = len(columns) > 1
+                yield gr.Gallery(value=items, columns=len(columns) if grid else 4, height="auto" if grid else 320), \
+                    text, workspace.history.recent()
 
     def on_load(request: gr.Request):
         with user_errors():
