@@ -23,6 +23,9 @@ PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 def settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, strength=0.75,
                            guidance_stop=1.0, cache_interval=1, tome_ratio=0.0, decoder="vae", dtype="fp32",
                            family_guidance: float = 7.5) -> Settings:
+    for name, value in (("seed", seed), ("steps", steps), ("cache interval", cache_interval)):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value}")
     try:
         settings = Settings(prompt=prompt or "", negative_prompt=negative or "", seed=int(seed), steps=int(steps),
                             guidance=float(guidance), scheduler=scheduler, resolution=int(resolution or 0) or None,
@@ -187,10 +190,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
             columns = grid_columns(settings, recipes, studio.family.guidance)
             for items, text in compare_stream(studio, chosen, columns, None, progress_callback(progress), workspace,
                                               previews=True):
-                # A grid reads as rows of models with a column per recipe; one recipe puts the models side by side.
-                grid = len(columns) > 1
-                yield gr.Gallery(value=items, columns=len(columns) if grid else 4, height="auto" if grid else 320), \
-                    text, workspace.history.recent()
+                yield items, text, workspace.history.recent()
 
     def on_load(request: gr.Request):
         with user_errors():
@@ -199,8 +199,14 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     def on_select(items, event: gr.SelectData):
         return items[event.index][0] if items else None
 
+    def gallery_layout(recipes):
+        """A grid reads as rows of models with a column per recipe; one recipe puts the models side by side."""
+        grid_mode = isinstance(recipes, list) and len(recipes) > 1
+        return gr.Gallery(columns=len(recipes) if grid_mode else 4, height="auto" if grid_mode else 320)
+
     run.click(on_compare, [models, *controls, grid], [gallery, readout, history], api_name="compare",
               concurrency_id="device", concurrency_limit=1)
+    grid.change(gallery_layout, grid, gallery, api_visibility="private", queue=False)
     gallery.select(on_select, gallery, selected, api_visibility="private")
     app.load(on_load, None, history, api_visibility="private", queue=False)
     refresh_models_on_visit(app, tab, studio, models)
