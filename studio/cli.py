@@ -107,7 +107,7 @@ def cmd_bench_pipeline(args) -> None:
     for row in report["rows"]:
         same = "-" if row["speedup_same_recipe"] is None else f"{row['speedup_same_recipe']:.2f}x"
         print(f"{row['arch']:10} {row['recipe']:36} {row['seconds']:>8.2f}s {row['speedup']:>16.2f}x {same:>16} "
-              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['decode_seconds']:>7.2f}s")
+              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['decode_seconds']:>7.3f}s")
 
 
 def cmd_toy_data(args) -> None:

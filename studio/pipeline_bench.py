@@ -27,7 +27,7 @@ from studio.catalog import PACKAGE_DIR, Catalog, load_catalog, read_configs
 from studio.compression import plan_student
 from studio.generation import Settings, generate
 from studio.profiling import count_unet_macs, input_geometry, meta_unet
-from studio.recipes import PRESETS, parse_recipe
+from studio.recipes import PRESETS, check_recipe, parse_recipe
 
 PROMPT = "a photograph of an astronaut riding a horse"
 TAESD_CONFIG = PACKAGE_DIR / "configs" / "taesd" / "config.json"
@@ -93,6 +93,8 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
     catalog = catalog or load_catalog()
     device = torch.device(device)
     chosen = [parse_recipe(spec) for spec in recipes]
+    for recipe in chosen:  # before minutes go into building models
+        check_recipe(recipe)
     if "paper" not in [r.name for r in chosen]:
         chosen.insert(0, PRESETS["paper"])
     if dtype is not None:
@@ -102,7 +104,7 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
         raise ValueError(f"recipes: one dtype per run, got {sorted(dtypes)}; bench them in separate runs")
     dtype = parse_dtype(dtypes.pop())
     family_guidance = catalog.family(catalog.get(teacher).family).guidance if teacher in catalog else 7.5
-    log(f"building {teacher} and {', '.join(archs)} at real size (random weights) on {device}")
+    log(f"building {teacher} and {', '.join(archs)} from their configs (random weights) on {device}")
     pipelines, tiny, configs = random_pipelines(teacher, archs, catalog, device, dtype)
     geometry = input_geometry(configs, resolution)
     cells = [(arch, recipe) for arch in pipelines for recipe in chosen]

@@ -88,5 +88,5 @@ def recipe_name(settings: Settings, family_guidance: float) -> Settings:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Every knob in range (the same checks as any generation settings)."""
+    """Every knob in range (the same checks as any generation settings); ValueError naming the knob."""
     recipe.apply(Settings("check"), 7.5).check()

@@ -229,3 +229,11 @@ def test_toy_recipes_json():
     for row in rows:
         assert 0 <= row["judge_all"] <= 1 and row["seconds"] > 0 and row["n"] == 6
     assert all(15 < row["psnr_to_teacher_paper"] < 100 for row in rows[1:])
+
+
+def test_a_bad_recipe_is_refused_before_any_model_is_built():
+    for command in (["bench", "pipeline", "--teacher", "toy-teacher", "--recipes", "fast:steps=0"],
+                    ["toy", "recipes", "--recipes", "paper:cache_interval=99"]):
+        done = subprocess.run([sys.executable, "-m", "studio", *command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "error:" in done.stderr, done.stderr[-2000:]
+        assert "must be between" in done.stderr and "building" not in done.stdout + done.stderr

@@ -16,7 +16,7 @@ from studio.catalog import load_catalog, packaged_family
 from studio.evaluation.metrics import psnr
 from studio.evaluation.pareto import pareto_front, plot_pareto
 from studio.generation import PipelineCache, Settings, sample
-from studio.recipes import PRESETS, parse_recipe
+from studio.recipes import PRESETS, check_recipe, parse_recipe
 from studio.toy.data import caption
 from studio.toy.evaluate import PROMPT_SET, write_table_and_rows
 from studio.toy.judge import judge_accuracy
@@ -42,11 +42,13 @@ def recipe_rows(models=TOY_MODELS, recipes=tuple(PRESETS), n: int = len(PROMPT_S
         images = sample(pipeline, prompts, seeds, batch=batch, settings=settings, decoder=decoder)
         return images, (time.perf_counter() - started) / n
 
+    chosen = [parse_recipe(spec) for spec in recipes]
+    for recipe in chosen:  # every spec checked before any image is drawn
+        check_recipe(recipe)
     reference, _ = draw(TEACHER, PRESETS["paper"])
     rows = []
     for model in models:
-        for spec in recipes:
-            recipe = parse_recipe(spec)
+        for recipe in chosen:
             images, seconds = draw(model, recipe)
             accuracy = judge_accuracy(targets, images)
             is_reference = model == TEACHER and recipe.name == "paper"
