@@ -200,7 +200,7 @@ class PipelineCache:
         self.dtype = dtype  # used when no dtype is asked for
         self._pipelines: dict[tuple[str, torch.dtype], StableDiffusionPipeline] = {}
         self._decoders: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
-        self._previews: dict[int, LatentPreview] = {}
+        self._previews: dict[int, TinyDecoderPreview | LatentPreview] = {}
         self._macs: dict[tuple[str, int], tuple[int, int]] = {}
 
     def loaded(self, name: str, dtype: torch.dtype | None = None) -> bool:
@@ -235,13 +235,12 @@ class PipelineCache:
         """What draws the image so far: the family's tiny decoder when it can be had, else a linear map fitted
         to the model's VAE (for SD a good approximation; the toy VAE is too far from linear for one)."""
         pipeline = self.get(name, catalog, dtype)
-        try:
-            decoder = self.decoder(name, "tiny", catalog, dtype)
-        except (ValueError, ModelUnavailableError):
-            decoder = None
-        key = id(decoder if decoder is not None else pipeline.vae)
+        key = id(pipeline.vae)  # chosen once per VAE: a tiny decoder that can't be had is not looked for again
         if key not in self._previews:
-            self._previews[key] = TinyDecoderPreview(decoder) if decoder is not None else LatentPreview(pipeline.vae)
+            try:
+                self._previews[key] = TinyDecoderPreview(self.decoder(name, "tiny", catalog, dtype))
+            except (ValueError, ModelUnavailableError):
+                self._previews[key] = LatentPreview(pipeline.vae)
         return self._previews[key]
 
     def macs(self, name: str, resolution: int, catalog: Catalog | None = None) -> tuple[int, int]:
