@@ -263,7 +263,7 @@ def _warm_up(pipeline: StableDiffusionPipeline) -> None:
     synchronize(pipeline.device)
 
 
-class UNetTimer:
+class _UNetTimer:
     """Times every U-Net forward, synchronizing the device before and after it."""
 
     def __init__(self, unet):
@@ -309,7 +309,7 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
             picture, last_preview[0] = preview(latents, min(resolution, 256)), time.perf_counter()
         report(callback, "generate", done, steps, preview=picture, model=name, index=index, models=models)
 
-    with UNetTimer(base.unet) as timer:
+    with _UNetTimer(base.unet) as timer:
         synchronize(cache.device)
         started = time.perf_counter()
         made = generate(base, [settings.prompt], [torch.Generator().manual_seed(settings.seed)],  # CPU noise
@@ -366,13 +366,13 @@ def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | l
 
 def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[int], steps: int = 25,
            guidance: float = 7.5, batch: int = 32, callback: Callback | None = None,
-           settings: Settings | None = None, decoder=None, resolution: int | None = None) -> list[Image.Image]:
+           settings: Settings | None = None, decoder=None) -> list[Image.Image]:
     """Untimed images for validation grids, class images and prompt sets: image i from its own seed,
     so it is the same image whatever the batch it was drawn in. `settings` (its knobs; the prompt and seed
     are ignored) replaces `steps` and `guidance`; `decoder`: a tiny decoder instead of the pipeline's VAE."""
     pipeline.set_progress_bar_config(disable=True)
     settings = settings or Settings("-", steps=steps, guidance=guidance)
-    resolution = resolution or native_resolution(pipeline)
+    resolution = native_resolution(pipeline)
     images = []
     for start in range(0, len(prompts), batch):
         generators = [torch.Generator().manual_seed(seed) for seed in seeds[start:start + batch]]
@@ -381,8 +381,16 @@ def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[in
     return images
 
 
-def speedups(results: list[Result], teacher: str | None) -> dict[str, tuple[float, float] | None]:
-    """Per model: (total latency, U-Net step) speed-up against the teacher, when the teacher ran too."""
-    reference = next((r for r in results if r.model == teacher), None)
-    return {r.model: None if reference is None else
-            (reference.seconds / r.seconds, reference.unet_step_seconds / r.unet_step_seconds) for r in results}
+def speedups(results: list[Result], teacher: str | None) -> list[tuple[float | None, float | None]]:
+    """Per result: end-to-end speed-up against the teacher with the same settings, and with the `paper` recipe
+    (None where that teacher image was not made in this run)."""
+    def teacher_seconds(match) -> float | None:
+        found = next((r for r in results if r.model == teacher and match(r.settings)), None)
+        return found.seconds if found else None
+
+    paper = teacher_seconds(lambda s: s.recipe == "paper")
+    ratios = []
+    for r in results:
+        same = teacher_seconds(lambda s, mine=r.settings: s == mine)
+        ratios.append((same and same / r.seconds, paper and paper / r.seconds))
+    return ratios

@@ -133,6 +133,11 @@ def load_tiny_decoder(source: str, dtype: torch.dtype = torch.float32) -> Autoen
         raise _unavailable(f"tiny decoder {source!r}", None, source, error) from error
 
 
+def in_reach(source: str, filename: str = "config.json") -> bool:
+    """Whether `source` can be loaded without the network: a local folder, or a hub id in the cache."""
+    return Path(source).is_dir() or try_to_load_from_cache(source, filename) is not None
+
+
 def share_components(teacher: StableDiffusionPipeline, unet: UNet2DConditionModel) -> StableDiffusionPipeline:
     """A pipeline that runs `unet` with the teacher's very own other components."""
     components = {**teacher.components, "unet": unet}

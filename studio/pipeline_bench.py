@@ -149,6 +149,6 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
                                           geometry.text_tokens).paper,
         })
     return {"teacher": teacher, "resolution": geometry.resolution, "batch": batch, "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""),
+            "dtype": chosen[0].dtype,
             "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
             "guidance": family_guidance, "rows": rows}

@@ -33,7 +33,7 @@ class Recipe:
 
     def apply(self, settings: Settings, family_guidance: float) -> Settings:
         """`settings` (prompt, seed, resolution, ...) sampled the way this recipe says."""
-        knobs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "description")}
+        knobs = self.knobs()
         knobs["guidance"] = family_guidance if self.guidance is None else self.guidance
         return replace(settings, **knobs, recipe=self.name)
 

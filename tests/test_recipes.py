@@ -237,3 +237,11 @@ def test_a_bad_recipe_is_refused_before_any_model_is_built():
         done = subprocess.run([sys.executable, "-m", "studio", *command], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "error:" in done.stderr, done.stderr[-2000:]
         assert "must be between" in done.stderr and "building" not in done.stdout + done.stderr
+
+
+def test_the_app_starts_on_fast_only_where_the_tiny_decoder_is_at_hand(catalog, tiny_catalog):
+    from studio.ui.common import default_recipe
+
+    assert default_recipe(catalog.family("toy")).name == "fast"  # shipped in assets/toy/tiny-decoder
+    assert default_recipe(catalog.family("v1")).name == "paper"  # TAESD is not in this machine's cache
+    assert default_recipe(tiny_catalog.family("tiny")).name == "paper"  # no tiny decoder at all

@@ -25,7 +25,7 @@ from studio.generation import (DECODERS, MAX_CACHE_INTERVAL, MAX_GUIDANCE, MAX_S
                                PipelineCache)
 from studio.recipes import PRESETS, Recipe
 from studio.jobs import JobError, JobManager, read_metrics
-from studio.loading import ModelUnavailableError
+from studio.loading import ModelUnavailableError, in_reach
 from studio.training import TrainingError
 from studio.ui.hosting import Hosting, identity
 from studio.workspaces import Workspace, Workspaces
@@ -123,8 +123,10 @@ def refresh_models_on_visit(app: gr.Blocks, tab: gr.Tab, studio: Studio, models:
 
 
 def default_recipe(family: Family) -> Recipe:
-    """The studio's CPU recommendation (`fast`) where the family has its tiny decoder, else the reference."""
-    return PRESETS["fast"] if family.tiny_decoder else PRESETS["paper"]
+    """The studio's CPU recommendation (`fast`) where the family's tiny decoder is at hand (shipped, or in the
+    Hugging Face cache), else the reference: a first click must not fail on a decoder that can't be had."""
+    source = family.tiny_decoder_source
+    return PRESETS["fast"] if source and in_reach(source) else PRESETS["paper"]
 
 
 def generation_controls(family: Family) -> list:

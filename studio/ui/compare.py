@@ -8,7 +8,7 @@ import gradio as gr
 
 from studio.ui import inputs
 
-from studio.generation import Result, Settings, compare_iter
+from studio.generation import Result, Settings, compare_iter, speedups
 from studio.recipes import PRESETS, recipe_name
 from studio.ui.common import (Studio, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
@@ -48,21 +48,6 @@ def grid_columns(settings: Settings, recipes, family_guidance: float) -> list[Se
     if unknown:
         raise ValueError(f"grid recipes: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(PRESETS)}")
     return [PRESETS[r].apply(settings, family_guidance) for r in dict.fromkeys(recipes)]
-
-
-def speedups(results: list[Result], teacher: str | None) -> list[tuple[float | None, float | None]]:
-    """Per result: end-to-end speed-up against the teacher with the same settings, and with `paper`
-    (None where that teacher image was not made in this run)."""
-    def teacher_time(match):
-        found = next((r for r in results if r.model == teacher and match(r.settings)), None)
-        return found.seconds if found else None
-
-    paper = teacher_time(lambda s: s.recipe == "paper")
-    ratios = []
-    for r in results:
-        same = teacher_time(lambda s, mine=r.settings: s == mine)
-        ratios.append((same and same / r.seconds, paper and paper / r.seconds))
-    return ratios
 
 
 def readout_table(results: list[Result], teacher: str | None, device: str = "cpu") -> str:
