@@ -5,9 +5,9 @@ are a local, single-user studio's: no caps beyond the configs' own ranges, no
 running-job quota, only the safety limits on uploads and the free-disk check.
 A public host sets the rest (studio/workspaces.py).
 
-The disk estimate is an upper bound, from the configs alone (models counted on
-the meta device, nothing loaded): every kept checkpoint (weights, AdamW's two
-moments, the EMA), the result, images (as raw RGB, PNG only shrinks them) and logs.
+Each job kind estimates what it writes (its `estimate_bytes`, studio/kinds.py), an
+upper bound from the configs alone (models counted on the meta device, nothing
+loaded), with the sizes defined here; `check_disk` weighs it against the disk.
 """
 
 import os
@@ -15,8 +15,7 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from studio.catalog import Catalog, read_configs
-from studio.personalization.photos import MAX_BYTES as MAX_PHOTO_BYTES, MAX_PHOTOS
+from studio.limits import MAX_PHOTO_BYTES, MAX_PHOTOS
 
 GB = 1024**3
 FLOAT_BYTES = 4  # fp32 weights and optimizer states
@@ -32,7 +31,7 @@ class QuotaError(ValueError):
 class JobLimits:
     max_running: int | None = None  # jobs of one owner running at once
     max_running_total: int | None = None  # jobs of all owners running at once
-    max_steps: int | None = None  # training steps (distillation, DreamBooth) and sampling steps (evaluation)
+    max_steps: int | None = None  # training steps (distillation, DreamBooth)
     max_batch_size: int | None = None
     max_class_images: int | None = None
     max_eval_images: int | None = None  # images per model
@@ -44,14 +43,11 @@ class JobLimits:
     min_free_bytes: int = GB // 2  # left free on the disk after a job's estimate
 
 
-CAPS = {"steps": "max_steps", "batch_size": "max_batch_size", "class_images": "max_class_images",
-        "n": "max_eval_images"}  # config field -> the limit on it
-
-
-def check_caps(limits: JobLimits, config) -> None:
-    """Refuse a config whose size fields go beyond this host's caps, naming the field."""
+def check_caps(limits: JobLimits, config, caps: dict[str, str]) -> None:
+    """Refuse a config whose size fields go beyond this host's caps, naming the field. `caps` maps a config field
+    to the JobLimits attribute that caps it (each job kind says which, studio/kinds.py)."""
     for f in fields(config):
-        cap = getattr(limits, CAPS.get(f.name, ""), None)
+        cap = getattr(limits, caps[f.name]) if f.name in caps else None
         value = getattr(config, f.name)
         if cap is not None and value is not None and value > cap:
             name = f.metadata.get("label", f.name.replace("_", " "))
@@ -95,53 +91,13 @@ def check_disk(estimate: dict[str, int], folder: Path, limits: JobLimits, owner_
                          "Old jobs expire, or choose a smaller job")
 
 
-def _checkpoints(config) -> int:
+def checkpoints_kept(config) -> int:
     """How many checkpoints exist at once at most (a new one is complete before the oldest goes)."""
     written = -(-config.steps // config.checkpoint_every)
     kept = config.checkpoints_total_limit
     return written if kept is None else min(written, kept + 1)
 
 
-def _image_bytes(resolution: int) -> int:
+def image_bytes(resolution: int) -> int:
+    """One image as raw RGB."""
     return resolution * resolution * 3
-
-
-def _lora_params(unet, rank: int) -> int:
-    """Parameters of rank-`rank` LoRA on every to_q and to_v (A: in x r, B: r x out)."""
-    return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
-               if name.rsplit(".", 1)[-1] in ("to_q", "to_v"))
-
-
-def estimate_job_bytes(kind: str, config, catalog: Catalog) -> dict[str, int]:
-    """Upper bound of what a job writes, by part (bytes): checkpoints, result, images, logs."""
-    from studio.compression import student_config  # torch: not for the job runner, which imports this module
-    from studio.profiling import count_params, input_geometry, meta_unet
-
-    if kind == "distill":
-        configs = read_configs(config.teacher, catalog)
-        params = count_params(meta_unet(student_config(configs["unet"], config.arch)))
-        per_checkpoint = params * FLOAT_BYTES * (1 + ADAMW_STATES + (1 if config.ema else 0))
-        resolution = input_geometry(configs).resolution
-        grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0  # one per checkpoint
-        return {"checkpoints": _checkpoints(config) * per_checkpoint, "result": params * FLOAT_BYTES,
-                "images": grids * 2 * len(config.validation_prompts) * _image_bytes(resolution),
-                "logs": (config.steps // config.log_every + 1) * METRICS_ROW_BYTES}
-    if kind == "dreambooth":
-        configs = read_configs(config.model, catalog)
-        unet = meta_unet(configs["unet"])
-        trainable = count_params(unet) if config.mode == "full" else _lora_params(unet, config.rank)
-        if config.mode == "lora" and config.train_text_encoder:
-            text = configs.get("text_encoder") or {}
-            trainable += 2 * text.get("num_hidden_layers", 12) * config.text_rank * 2 * text.get("hidden_size", 768)
-        resolution = input_geometry(configs).resolution
-        grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0
-        return {"checkpoints": _checkpoints(config) * trainable * FLOAT_BYTES * (1 + ADAMW_STATES),
-                "result": trainable * FLOAT_BYTES,
-                "images": (config.class_images + MAX_PHOTOS + grids * len(config.validation_prompts))
-                * _image_bytes(resolution),
-                "logs": (config.steps // config.log_every + 1) * METRICS_ROW_BYTES}
-    if kind == "evaluate":
-        resolution = config.resolution or max(input_geometry(read_configs(m, catalog)).resolution
-                                              for m in config.models)
-        return {"images": config.n * len(config.models) * _image_bytes(resolution), "logs": 1024 * 1024}
-    raise ValueError(f"no disk estimate for jobs of kind {kind!r}")

@@ -1,4 +1,8 @@
-"""`python -m studio <command>`: the studio from the command line."""
+"""`python -m studio <command>`: the studio from the command line.
+
+Building the parser imports no torch: each command imports what it runs, so
+`python -m studio --help` and `models` answer at once.
+"""
 
 import argparse
 import json
@@ -6,14 +10,24 @@ import sys
 import time
 from pathlib import Path
 
-import studio.toy  # noqa: F401  (the toy world: registers the "toy" data source and judge)
-from studio.catalog import CatalogError, UnknownModelError, load_catalog
-from studio.compression import CompressionError
+from studio.catalog import CatalogError, UnknownModelError, load_catalog, packaged_family
+from studio.commands import KINDS
+from studio.jobs.cli import add_jobs_commands
 from studio.options import add_arguments, from_args
 from studio.progress import TqdmProgress
 
 PRESET_ARCHS = ("base", "small", "tiny")
-USER_ERRORS = (CompressionError, UnknownModelError, CatalogError, ValueError)
+USER_ERRORS = (UnknownModelError, CatalogError, ValueError)  # CompressionError is a ValueError
+
+
+def uses_toy_world(run):
+    """The toy world registers its data source ("--data toy") and judge when imported (with torch), so only the
+    commands that may use them import it."""
+    def run_with_toy_world(args):
+        import studio.toy  # noqa: F401
+
+        return run(args)
+    return run_with_toy_world
 
 
 def _giga(value: int) -> str:
@@ -129,29 +143,11 @@ def cmd_toy_train(args) -> None:
     train_toy_teacher(config)
 
 
-def cmd_dreambooth(config) -> None:
-    from studio.personalization.dreambooth import dreambooth
-
-    with TqdmProgress() as progress:
-        out = dreambooth(config, callback=progress)
-    result = out / ("lora" if config.lora else "unet")
-    print(f"personalized weights in {result}; metrics in {out / 'metrics.csv'}; card in {out / 'card.json'}")
-
-
 def cmd_toy_dreambooth(args) -> None:
     from studio.toy.personalize import toy_dreambooth_report
 
     models = [m for m in args.models.split(",") if m]
     toy_dreambooth_report(models, Path(args.work), args.steps, args.class_images, args.lr, args.n, Path(args.report))
-
-
-def cmd_evaluate(config) -> None:
-    from studio.evaluation.protocol import evaluate
-
-    with TqdmProgress(unit="image") as progress:
-        rows = evaluate(config, callback=progress)
-    print((Path(config.out) / "results.md").read_text())
-    print(f"{len(rows)} models; results in {Path(config.out) / 'results.csv'}")
 
 
 def cmd_toy_judge(args) -> None:
@@ -166,22 +162,15 @@ def cmd_toy_judge(args) -> None:
         print(f"{key:>10} accuracy {report[key]:.1%}")
 
 
-def cmd_distill(config) -> None:
-    from studio.distillation.train import distill
+def add_kind_command(commands, kind) -> None:
+    """`python -m studio KIND --flags`: a job kind run in the foreground, flags from its config dataclass."""
+    def run(args):
+        with TqdmProgress(unit=kind.unit) as progress:
+            print(kind.run(from_args(kind.config, args), progress))
 
-    with TqdmProgress() as progress:
-        out = distill(config, callback=progress)
-    print(f"student U-Net in {out / 'unet'}; metrics in {out / 'metrics.csv'}")
-
-
-def add_config_command(commands, name: str, help: str, run) -> None:
-    """A subcommand whose flags come from its config dataclass (studio/commands.py, studio/options.py)."""
-    from studio.commands import CONFIGS
-
-    cls = CONFIGS[name]
-    sub = commands.add_parser(name, help=help)
-    add_arguments(sub, cls)
-    sub.set_defaults(run=lambda args: run(from_args(cls, args)))
+    sub = commands.add_parser(kind.name, help=kind.help)
+    add_arguments(sub, kind.config)
+    sub.set_defaults(run=uses_toy_world(run))
 
 
 def cmd_toy_decoder(args) -> None:
@@ -194,7 +183,11 @@ def cmd_toy_recipes(args) -> None:
     from studio.toy.recipes import recipe_rows, write_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    rows = recipe_rows(tuple(args.models), tuple(args.recipes), args.n, args.seed, args.batch, log=log)
+    from studio.recipes import PRESETS
+    from studio.toy.recipes import TOY_MODELS
+
+    rows = recipe_rows(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS), args.n, args.seed, args.batch,
+                       log=log)
     if args.report:
         write_report(rows, Path(args.report))
         log(f"wrote {args.report} and its .json and .png")
@@ -260,10 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     pipeline.add_argument("--dtype", help="fp32, fp16 or bf16 for every recipe (default: each recipe's own)")
     pipeline.set_defaults(run=cmd_bench_pipeline)
-    add_config_command(commands, "distill", "distill a block-removed student from its teacher (BK-SDM)", cmd_distill)
-    add_config_command(commands, "evaluate", "CLIP score, FID, IS, fidelity and judge accuracy of models",
-                       cmd_evaluate)
-    add_config_command(commands, "dreambooth", "personalize a teacher or student from a few photos", cmd_dreambooth)
+    for kind in KINDS.values():
+        add_kind_command(commands, kind)
+    add_jobs_commands(commands, wrap_run=uses_toy_world)
 
     toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
@@ -271,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--n", type=int, required=True)
     data.add_argument("--out", required=True)
     data.add_argument("--seed", type=int, default=0)
-    data.set_defaults(run=cmd_toy_data)
+    data.set_defaults(run=uses_toy_world(cmd_toy_data))
     train = toy_commands.add_parser("train", help="train the toy teacher (VAE, text encoder, U-Net) from scratch")
     train.add_argument("--out", default="assets/toy/teacher")
     train.add_argument("--seed", type=int, default=0)
@@ -280,27 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
     train.add_argument("--max-minutes", type=float, help="time budget (default 30); the U-Net stage stops early at it")
-    train.set_defaults(run=cmd_toy_train)
+    train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")
     decoder.add_argument("--steps", type=int, default=1500)
     decoder.add_argument("--batch-size", type=int, default=64)
     decoder.add_argument("--lr", type=float, default=1e-3)
-    decoder.set_defaults(run=cmd_toy_decoder)
-
-    from studio.recipes import PRESETS
-    from studio.toy.recipes import TOY_MODELS
+    decoder.set_defaults(run=uses_toy_world(cmd_toy_decoder))
 
     recipes = toy_commands.add_parser("recipes", help="judge accuracy and fidelity of every toy model x recipe")
-    recipes.add_argument("--models", nargs="+", default=list(TOY_MODELS))
-    recipes.add_argument("--recipes", nargs="+", default=list(PRESETS),
+    recipes.add_argument("--models", nargs="+", help="default: the teacher and its three students")
+    recipes.add_argument("--recipes", nargs="+",
                          help="preset names, each optionally with :knob=value overrides (default: every preset)")
     recipes.add_argument("--n", type=int, default=90, help="images per model and recipe (the prompt set cycles)")
     recipes.add_argument("--seed", type=int, default=0)
     recipes.add_argument("--batch", type=int, default=30, help="images drawn at once")
     recipes.add_argument("--report", help="also write a markdown table, its JSON and the Pareto plot (PNG) here")
     recipes.add_argument("--json", action="store_true")
-    recipes.set_defaults(run=cmd_toy_recipes)
+    recipes.set_defaults(run=uses_toy_world(cmd_toy_recipes))
 
     def add_toy_distill_args(sub):
         sub.add_argument("--steps", type=int, default=400)
@@ -311,12 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     students = toy_commands.add_parser("students", help="distill and ship toy-bk-{base,small,tiny}")
     add_toy_distill_args(students)
     students.add_argument("--arch", nargs="+", default=["base", "small", "tiny"])
-    students.set_defaults(run=cmd_toy_students)
+    students.set_defaults(run=uses_toy_world(cmd_toy_students))
     ablation = toy_commands.add_parser("ablation", help="the paper's KD ablation on the toy world")
     add_toy_distill_args(ablation)
     ablation.add_argument("--n", type=int, default=90, help="judged images per model")
     ablation.add_argument("--report", default="docs/toy-ablation.md")
-    ablation.set_defaults(run=cmd_toy_ablation)
+    ablation.set_defaults(run=uses_toy_world(cmd_toy_ablation))
     booth_toy = toy_commands.add_parser("dreambooth", help="DreamBooth proof: teach toy models a new color")
     booth_toy.add_argument("--models", default="toy-teacher,toy-bk-small")
     booth_toy.add_argument("--steps", type=int, default=400)
@@ -325,29 +314,33 @@ def build_parser() -> argparse.ArgumentParser:
     booth_toy.add_argument("--n", type=int, default=30, help="images judged per prompt")
     booth_toy.add_argument("--work", default="runs/toy-dreambooth")
     booth_toy.add_argument("--report", default="docs/toy-dreambooth.md")
-    booth_toy.set_defaults(run=cmd_toy_dreambooth)
+    booth_toy.set_defaults(run=uses_toy_world(cmd_toy_dreambooth))
 
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
     judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
     judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
-    from studio.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-
-    judge.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    judge.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="the toy world's default (see README)")
+    toy_family = packaged_family("toy")
+    judge.add_argument("--steps", type=int, default=toy_family.steps)
+    judge.add_argument("--guidance", type=float, default=toy_family.guidance, help="the toy world's default (see README)")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--json", action="store_true")
-    judge.set_defaults(run=cmd_toy_judge)
+    judge.set_defaults(run=uses_toy_world(cmd_toy_judge))
     return parser
+
+
+def user_error_types() -> tuple[type, ...]:
+    """The errors a command reports in one line (exit 2): bad input, a model that can't be had, a stopped run."""
+    from studio.loading import ModelUnavailableError
+    from studio.training import TrainingError
+
+    return (*USER_ERRORS, ModelUnavailableError, TrainingError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from studio.loading import ModelUnavailableError
-    from studio.training import TrainingError
-
     try:
         args.run(args)
-    except (*USER_ERRORS, ModelUnavailableError, TrainingError) as error:
+    except user_error_types() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,25 +1,27 @@
-"""The commands a background job can run, each named by its config dataclass.
+"""The registry of job kinds: every command that can run as a background job (studio/kinds.py).
 
-A job stores its command and config as JSON; `job_argv` turns them back into
-the `python -m studio COMMAND --flags` the runner starts (flags from
-studio/options.py), so no argv is ever written by hand.
+A new kind is a package with its config dataclass and a `kind.py` declaring
+`KIND`, and one line here. The command line, the job store and launcher, the
+budget and the app read what they need from `KINDS` and name no kind themselves.
 """
 
-import sys
+from studio.distillation.kind import KIND as DISTILL
+from studio.evaluation.kind import KIND as EVALUATE
+from studio.kinds import JobKind
+from studio.options import from_dict
+from studio.personalization.kind import KIND as DREAMBOOTH
 
-from studio.distillation.config import DistillConfig
-from studio.evaluation.config import EvalConfig
-from studio.options import from_dict, to_argv
-from studio.personalization.config import DreamBoothConfig
-
-CONFIGS = {"distill": DistillConfig, "dreambooth": DreamBoothConfig, "evaluate": EvalConfig}
-
-
-def config_from_json(command: str, data: dict):
-    if command not in CONFIGS:
-        raise ValueError(f"unknown command {command!r}; jobs run: {', '.join(CONFIGS)}")
-    return from_dict(CONFIGS[command], data)
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (DISTILL, DREAMBOOTH, EVALUATE)}
 
 
-def job_argv(command: str, config) -> list[str]:
-    return [sys.executable, "-m", "studio", command, *to_argv(config)]
+def job_kind(name: str) -> JobKind:
+    if name not in KINDS:
+        raise ValueError(f"kind: {name!r} is not a job kind; jobs run: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def config_from_json(kind: str, data: dict):
+    """A job's config from the JSON it was stored as, checked again (the job's process trusts no file)."""
+    config = from_dict(job_kind(kind).config, data)
+    config.check()
+    return config

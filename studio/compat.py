@@ -14,6 +14,7 @@ compiled op such as `torchvision.ops.nms` still raises torchvision's own clear
 error.
 """
 
+import importlib.abc
 import sys
 import types
 
@@ -48,4 +49,36 @@ def _forget_partial_import() -> None:
         del sys.modules[name]
 
 
-TORCHVISION_STATUS = ensure_torchvision_importable()
+# Libraries that import torchvision. The patch runs when the first of them is imported, not with `import studio`,
+# so commands that need no torch (python -m studio --help, models, jobs list) start at once.
+IMPORTERS_OF_TORCHVISION = ("transformers", "diffusers", "peft", "open_clip", "timm", "torchmetrics", "torch_fidelity")
+_status: str | None = None
+
+
+def torchvision_status() -> str:
+    """The patch's outcome ("absent", "ok" or "patched"), running it first if nothing has yet."""
+    global _status
+    if _status is None:
+        _status = "running"  # a library imported inside the check must not start it again
+        _status = ensure_torchvision_importable()
+    return _status
+
+
+class _PatchBeforeImporters(importlib.abc.MetaPathFinder):
+    """Runs the patch just before the first library that imports torchvision loads; finds no module itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if _status is None and name.partition(".")[0] in IMPORTERS_OF_TORCHVISION:
+            torchvision_status()
+        return None
+
+
+def install() -> None:
+    if not any(isinstance(finder, _PatchBeforeImporters) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchBeforeImporters())
+
+
+def __getattr__(name: str):
+    if name == "TORCHVISION_STATUS":  # as before: reading it runs the patch
+        return torchvision_status()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

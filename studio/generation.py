@@ -30,10 +30,8 @@ from studio.loading import ModelUnavailableError, load_pipeline, load_tiny_decod
 from studio.options import check_text
 from studio.profiling import count_unet_macs, meta_unet
 from studio.progress import Callback, report
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_SEED
 
-MAX_STEPS = 100
-MAX_SEED = 2**32 - 1  # torch.Generator seeds are 64-bit; the UI keeps to 32 like other SD tools
-MAX_GUIDANCE = 20.0
 MAX_UPSCALE = 2  # largest resolution: twice the model's native size
 MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens (a few hundred characters); the rest is cut, and the readout says so
 MAX_CACHE_INTERVAL = 10
@@ -88,8 +86,8 @@ class Settings:
         check_text("the negative prompt", self.negative_prompt, MAX_PROMPT_CHARS)
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.steps <= MAX_SAMPLING_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_SAMPLING_STEPS}, got {self.steps}")
         if not 0 <= self.guidance <= MAX_GUIDANCE:  # NaN fails this too
             raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
         if self.scheduler not in SCHEDULERS:

@@ -2,7 +2,8 @@
 
 A field's metadata says how it is shown and checked; from that one place come
 the command-line flags (`add_arguments`, `from_args`), the checks the CLI and
-the app share (`check_fields`), and the argv a background job runs (`to_argv`).
+the app share (`check_fields`), and the argv that repeats a config (`to_argv`; a
+background job gets its config as JSON instead, studio/jobs/runner.py).
 
     steps: int = option(1000, "optimizer steps", min=1)
     lr: float = option(5e-5, "learning rate", above=0)
@@ -51,9 +52,12 @@ def _kind(cls, f):
     return hint, optional, None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of `cls`: bools as --x/--no-x, tuples repeatable, lists comma-separated."""
+def add_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of `cls` (but those in `exclude`): bools as --x/--no-x, tuples repeatable, lists
+    comma-separated."""
     for f in fields(cls):
+        if f.name in exclude:
+            continue
         base, _, sequence = _kind(cls, f)
         kwargs = {"help": f.metadata.get("help", ""), "dest": f.name}
         if f.default is REQUIRED and f.default_factory is REQUIRED:
@@ -78,9 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         parser.add_argument(f"--{flag(f)}", **kwargs)
 
 
-def from_args(cls, args: argparse.Namespace):
-    values = {}
+def from_args(cls, args: argparse.Namespace, **fixed):
+    """The config the flags describe; `fixed` gives the fields that had no flag (add_arguments' `exclude`)."""
+    values = dict(fixed)
     for f in fields(cls):
+        if f.name in fixed:
+            continue
         value = getattr(args, f.name)
         if _kind(cls, f)[2] is tuple:
             value = tuple(value or ())
@@ -89,14 +96,18 @@ def from_args(cls, args: argparse.Namespace):
 
 
 def to_argv(config) -> list[str]:
-    """The flags that reproduce `config` (fields at their default are left out)."""
+    """The flags that reproduce `config` (fields at their default are left out). A None where the default is a
+    value has no flag that says it, so it is refused rather than lost."""
     argv = []
     for f in fields(config):
         value = getattr(config, f.name)
         default = f.default if f.default is not REQUIRED else (f.default_factory() if f.default_factory is not REQUIRED
                                                                else REQUIRED)
-        if value == default or value is None:
+        if value == default:
             continue
+        if value is None:
+            raise ValueError(f"{label(f)} is None, which no flag can say (its default is {default!r}); "
+                             "pass the config as JSON instead")
         name = f"--{flag(f)}"
         if isinstance(value, bool):
             argv.append(name if value else f"--no-{flag(f)}")

@@ -9,10 +9,15 @@ import json
 import os
 import socket
 import string
+import tempfile
 from contextlib import contextmanager
 
-# Before anything imports huggingface_hub: tests never reach for the network.
+# Before anything imports huggingface_hub: tests never reach for the network, and never read the user's Hugging
+# Face cache (a cached TAESD or ViT-g would change what they see): an empty one of their own, for every process.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="studio-tests-hf-home-")
+for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE"):
+    os.environ.pop(variable, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

@@ -12,7 +12,8 @@ import pytest
 from conftest import stop_jobs
 from PIL import Image
 
-from studio.budget import JobLimits, QuotaError, check_disk, estimate_job_bytes, folder_bytes
+from studio.budget import JobLimits, QuotaError, check_disk, folder_bytes
+from studio.commands import KINDS
 from studio.distillation.config import DistillConfig
 from studio.jobs import JobError, JobManager, extract_dataset_zip, write_json
 from studio.ui.train import train_start
@@ -73,8 +74,8 @@ def test_the_disk_estimate_bounds_what_a_job_writes(tiny_catalog, tmp_path):
     config = DistillConfig(teacher="tiny-teacher", arch="small", data="toy", out="-", steps=6, batch_size=2,
                            checkpoint_every=2, checkpoints_total_limit=2, log_every=1, ema=0.9,
                            validation_prompts=("a red circle",), validation_guidance=2.0)
-    estimate = estimate_job_bytes("distill", config, tiny_catalog)
-    job_id = jobs.create("distill", config, "estimate check", 6, catalog=tiny_catalog)
+    estimate = KINDS["distill"].estimate_bytes(config, tiny_catalog)
+    job_id = jobs.create("distill", config, catalog=tiny_catalog)
     assert jobs.wait(job_id, timeout=300) == "finished", (jobs.folder(job_id) / "log.txt").read_text()[-2000:]
     written = folder_bytes(jobs.run_folder(job_id))
     assert written <= sum(estimate.values()) <= 2 * written, (written, estimate)

@@ -3,7 +3,6 @@ import json
 import pytest
 
 from studio.catalog import CatalogError, UnknownModelError, load_catalog, read_configs
-from studio.compression import student_config
 
 REQUIRED = {
     "sd-v1.4": ("teacher", "v1", "CompVis/stable-diffusion-v1-4"),
@@ -28,10 +27,19 @@ def test_unknown_name_lists_the_known_ones():
         load_catalog().get("sd-v9")
 
 
-def test_hub_students_get_configs_derived_from_their_teacher():
-    configs = read_configs("bk-sdm-v2-tiny")
-    assert configs["unet"] == student_config(read_configs("sd-v2.1-base")["unet"], "tiny")
-    assert configs["text_encoder"]["hidden_size"] == 1024
+def test_every_hub_student_reads_the_published_unet_config():
+    """What the catalogue gives for each nota-ai student (derived from its teacher, offline) is the U-Net config
+    nota-ai published for it (tests/data keeps copies), field for field."""
+    from test_compression import PUBLISHED, architecture
+
+    catalog = load_catalog()
+    students = [e for e in catalog if e.role == "student" and e.source.startswith("nota-ai/")]
+    assert len(students) == 9
+    for entry in students:
+        family = {"v1": "unet_config", "v2-base": "unet_config_v2-base"}[entry.family]
+        published = json.loads((PUBLISHED / f"{family}__bk_{entry.arch}.json").read_text())
+        assert architecture(read_configs(entry.name)["unet"]) == architecture(published), entry.name
+    assert read_configs("bk-sdm-v2-tiny")["text_encoder"]["hidden_size"] == 1024  # the teacher's OpenCLIP-H encoder
 
 
 def test_extra_catalogue_from_environment(tmp_path, monkeypatch, tiny_pipeline_dir):

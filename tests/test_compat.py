@@ -67,5 +67,5 @@ def test_does_nothing_when_builds_match(tmp_path):
 
 @pytest.mark.parametrize("error", ["something else broke"])
 def test_other_errors_are_not_hidden(tmp_path, error):
-    result = python("import studio", fake_torchvision(tmp_path, error))
+    result = python("import studio, transformers", fake_torchvision(tmp_path, error))
     assert result.returncode != 0 and error in result.stderr

@@ -87,15 +87,29 @@ def test_short_run_writes_student_metrics_checkpoints_and_card(tiny_pipeline_dir
     assert Image.open(out / "validation" / "step-000004.png").size == (32, 64)  # teacher row, student row
 
 
-def test_resume_continues_exactly(tiny_pipeline_dir, tmp_path):
-    whole = distill(config(tiny_pipeline_dir, tmp_path / "whole"))
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema"])
+def test_resume_continues_exactly(tiny_pipeline_dir, tmp_path, ema):
+    """N steps straight and N/2 + resume + N/2 give the same weights; with --ema the average's step count (and so
+    its decay) must come back too, or the first resumed step overwrites the average."""
+    whole = distill(config(tiny_pipeline_dir, tmp_path / "whole", ema=ema))
     part = tmp_path / "part"
-    distill(config(tiny_pipeline_dir, part, steps=2))
-    distill(config(tiny_pipeline_dir, part, resume=True))
+    distill(config(tiny_pipeline_dir, part, steps=2, ema=ema))
+    distill(config(tiny_pipeline_dir, part, resume=True, ema=ema))
     assert [int(r["step"]) for r in metrics(part)] == [1, 2, 3, 4]
     a = UNet2DConditionModel.from_pretrained(whole / "unet").state_dict()
     b = UNet2DConditionModel.from_pretrained(part / "unet").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("teacher_dtype", ["fp16", "bf16"])
+def test_a_half_precision_teacher_trains_and_draws_validation_images(tiny_pipeline_dir, tmp_path, teacher_dtype):
+    """The frozen U-Net in fp16/bf16 behind the fp32 text encoder and VAE: training steps and the validation grid
+    (which samples the teacher through its pipeline) both work."""
+    out = distill(config(tiny_pipeline_dir, tmp_path / "run", steps=2, teacher_dtype=teacher_dtype,
+                         validation_prompts=("a red circle",)))
+    assert [int(r["step"]) for r in metrics(out)] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(float(r["loss_total"]))) for r in metrics(out))
+    assert Image.open(out / "validation" / "step-000002.png").size == (32, 64)
 
 
 @pytest.mark.slow

@@ -89,8 +89,15 @@ def shapes(n, seed):
 def test_clip_score_and_image_similarity(tiny_clip_weights):
     scorer = ClipScorer("studio-tiny-clip", None, str(tiny_clip_weights))
     images = shapes(4, 0)
-    score = scorer.score(images, ["a red circle"] * 4)
-    assert -1.0 <= score <= 1.0
+    prompts = ["a red circle", "a blue square", "a green triangle", "a red circle"]
+    score = scorer.score(images, prompts)
+    # the mean cosine of each image's and its own prompt's embeddings, computed here from the model directly
+    with torch.no_grad():
+        image_features = scorer.model.encode_image(torch.stack([scorer.preprocess(i) for i in images]))
+        text_features = scorer.model.encode_text(scorer.tokenizer(prompts))
+    cosines = torch.nn.functional.cosine_similarity(image_features, text_features)
+    assert score == pytest.approx(cosines.mean().item(), abs=1e-5)
+    assert scorer.score(images, prompts[::-1]) != pytest.approx(score, abs=1e-6)  # pairs matter, not just the sets
     assert scorer.image_similarity(images, images) == pytest.approx(1.0, abs=1e-5)
     assert scorer.image_similarity(images, shapes(4, 1)) < 0.99999
 
@@ -109,7 +116,10 @@ def test_fid_and_is_plumbing(random_inception_weights):
     a, b = shapes(6, 0), shapes(6, 1)
     same, score = fid_and_is(a, a, random_inception_weights, is_splits=2)
     different, _ = fid_and_is(a, [Image.new("RGB", (32, 32), (255, 255, 255))] * 6, random_inception_weights, 2)
-    assert abs(same) < 1e-3 and different > same and score >= 1.0
+    assert abs(same) < 1e-3 and different > same
+    # IS = exp(E[KL(p(y|x) || p(y))]): copies of one image share p(y|x), so exactly 1; varied images score above it
+    _, copies = fid_and_is([a[0]] * 6, [], random_inception_weights, 2)
+    assert copies == pytest.approx(1.0, abs=1e-4) and score > copies + 1e-4
     none, _ = fid_and_is(b, [], random_inception_weights, 2)
     assert none is None
 

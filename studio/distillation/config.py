@@ -6,9 +6,8 @@ from this dataclass (see studio/options.py).
 
 from dataclasses import dataclass
 
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS
 from studio.options import REQUIRED, check_fields, option
-
-MAX_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class DistillConfig:
                        max_length=1000)
     out: str = option(REQUIRED, "the run's folder: checkpoints, metrics.csv, validation images, result",
                       max_length=1000)
-    steps: int = option(1000, "optimizer steps", min=1, max=MAX_STEPS)
+    steps: int = option(1000, "optimizer steps", min=1, max=MAX_TRAINING_STEPS)
     batch_size: int = option(8, "per process", label="batch size", min=1, max=1024)
     lr: float = option(5e-5, "learning rate (the paper's: constant, AdamW)", label="learning rate", above=0, max=1.0)
     weight_decay: float = option(1e-2, "AdamW weight decay", min=0, max=1.0)
@@ -46,11 +45,12 @@ class DistillConfig:
                                           min=1, max=1000)
     log_every: int = option(10, "steps between metrics.csv rows", min=1)
     caption_dropout: float = option(0.0, "share of empty captions", min=0, max=1)
-    seed: int = option(0, "base seed of every step's randomness", min=0, max=2**31 - 1)
+    seed: int = option(0, "base seed of every step's randomness", min=0, max=MAX_TRAINING_SEED)
     resume: bool = option(False, "continue from the latest checkpoint in --out")
     validation_prompts: tuple[str, ...] = option((), "repeatable; teacher-vs-student images at every checkpoint",
                                                  flag="validation-prompt", max_length=1000)
-    validation_guidance: float = option(7.5, "guidance of the validation images", min=0, max=100)
+    validation_guidance: float = option(7.5, "guidance of the validation images", min=0,
+                                        max=MAX_GUIDANCE)
 
     @property
     def weights(self) -> KDWeights:

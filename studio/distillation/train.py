@@ -75,9 +75,12 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         student.load_state_dict(checkpoint.tensors("student.safetensors"))
         optimizer.load_state_dict(checkpoint.state("optimizer.pt"))
         scheduler.load_state_dict(checkpoint.state("scheduler.pt"))
-        if ema is not None and checkpoint.has("ema.safetensors"):
+        if ema is not None and checkpoint.has("ema.pt"):  # the whole EMA: its step count sets the next decay
+            ema.load_state_dict(checkpoint.state("ema.pt"))
+        elif ema is not None and checkpoint.has("ema.safetensors"):  # an older checkpoint held only the average
             shadow = checkpoint.tensors("ema.safetensors")
             ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
+            ema.optimization_step = checkpoint.step
         start_step = checkpoint.step
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
 
@@ -133,11 +136,10 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                 accelerator.wait_for_everyone()
                 if main:
                     unwrapped = accelerator.unwrap_model(student)
-                    tensors = {"student.safetensors": unwrapped.state_dict()}
+                    states = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict()}
                     if ema is not None:
-                        tensors["ema.safetensors"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
-                    save_checkpoint(out, done, tensors, {"optimizer.pt": optimizer.state_dict(),
-                                                         "scheduler.pt": scheduler.state_dict()},
+                        states["ema.pt"] = ema.state_dict()  # shadow weights, decay and step count
+                    save_checkpoint(out, done, {"student.safetensors": unwrapped.state_dict()}, states,
                                     keep=config.checkpoints_total_limit)
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
@@ -163,6 +165,13 @@ def validation_grid(teacher_pipe, student_unet, config: DistillConfig, path: Pat
     """Teacher (top row) and student (bottom row) images of the validation prompts, same seeds."""
     prompts = list(config.validation_prompts)
     seeds = [derive_seed(config.seed, i) for i in range(len(prompts))]
-    rows = [sample(pipe, prompts, seeds, guidance=config.validation_guidance)
-            for pipe in (teacher_pipe, share_components(teacher_pipe, student_unet))]
+    # The pipeline feeds the U-Net in the text encoder's dtype (fp32): a --teacher-dtype fp16/bf16 U-Net samples in
+    # fp32 for these images (widening is exact, so narrowing back restores the very same weights).
+    teacher_dtype = teacher_pipe.unet.dtype
+    teacher_pipe.unet.to(teacher_pipe.text_encoder.dtype)
+    try:
+        rows = [sample(pipe, prompts, seeds, guidance=config.validation_guidance)
+                for pipe in (teacher_pipe, share_components(teacher_pipe, student_unet))]
+    finally:
+        teacher_pipe.unet.to(teacher_dtype)
     save_validation(path, rows)

@@ -7,6 +7,7 @@ guidance and prompt set) fill what is left unset.
 
 from dataclasses import dataclass
 
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_TRAINING_SEED, SCHEDULER_NAMES
 from studio.options import REQUIRED, check_fields, option
 
 MAX_IMAGES = 30_000
@@ -21,11 +22,11 @@ class EvalConfig:
     prompts: str | None = option(None, "BK-SDM metadata.csv or one prompt per line (default: the family's prompt "
                                        "set, e.g. assets/toy/prompts.txt)", max_length=1000)
     n: int = option(90, "images per model (prompts cycle if fewer)", label="images per model", min=1, max=MAX_IMAGES)
-    steps: int = option(25, "sampling steps", min=1, max=1000)
-    scheduler: str = option("PNDM", "sampler", choices=("PNDM", "DDIM", "DPM-Solver++", "Euler"))
+    steps: int = option(25, "sampling steps", min=1, max=MAX_SAMPLING_STEPS)
+    scheduler: str = option("PNDM", "sampler", choices=SCHEDULER_NAMES)
     guidance: float | None = option(None, "default: the family's (7.5, the paper's; 1.5 for toy models)",
-                                    min=0, max=100)
-    seed: int = option(0, "image i is seeded with derive_seed(seed, i)", min=0, max=2**31 - 1)
+                                    min=0, max=MAX_GUIDANCE)
+    seed: int = option(0, "image i is seeded with derive_seed(seed, i)", min=0, max=MAX_TRAINING_SEED)
     resolution: int | None = option(None, "default: each model's native size", min=8, max=4096)
     metric_size: int = option(256, "images are downsampled to this for the metrics", min=8, max=4096)
     clip_model: str = option("ViT-g-14", "open_clip architecture", max_length=200)

@@ -7,9 +7,10 @@ constant, 800 steps, batch 1, prior weight 1.0, 200 class images.
 
 from dataclasses import dataclass
 
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_TRAINING_SEED
 from studio.options import REQUIRED, check_fields, option
 
-MAX_STEPS = 20_000
+MAX_DREAMBOOTH_STEPS = 20_000  # a few hundred is the recipe; far more only overfits the photos
 MAX_CLASS_IMAGES = 1_000
 
 
@@ -22,7 +23,7 @@ class DreamBoothConfig:
     class_prompt: str = option(REQUIRED, 'e.g. "a dog"', label="class prompt", max_length=1000)
     out: str = option(REQUIRED, "the run's folder: checkpoints, metrics.csv, validation images, result",
                       max_length=1000)
-    steps: int = option(800, "optimizer steps", min=1, max=MAX_STEPS)
+    steps: int = option(800, "optimizer steps", min=1, max=MAX_DREAMBOOTH_STEPS)
     mode: str = option("lora", "LoRA through peft, or full finetuning of the U-Net", choices=("lora", "full"))
     rank: int = option(16, "LoRA rank", min=1, max=1024)
     alpha: float = option(27.0, "LoRA alpha", above=0)
@@ -34,8 +35,9 @@ class DreamBoothConfig:
     prior_weight: float = option(1.0, "weight of the prior-preservation loss", label="prior weight", min=0, max=1e6)
     class_images: int = option(200, "made by the model itself before training", label="class images", min=0,
                                max=MAX_CLASS_IMAGES)
-    sample_steps: int = option(25, "sampling steps of class and validation images", min=1, max=1000)
-    guidance: float = option(7.5, "guidance of class and validation images", min=0, max=100)
+    sample_steps: int = option(25, "sampling steps of class and validation images", min=1,
+                               max=MAX_SAMPLING_STEPS)
+    guidance: float = option(7.5, "guidance of class and validation images", min=0, max=MAX_GUIDANCE)
     gradient_checkpointing: bool = option(True, "trade compute for memory")
     checkpoint_every: int = option(200, "steps between checkpoints", min=1)
     checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints (the result is kept apart)",
@@ -43,7 +45,7 @@ class DreamBoothConfig:
     log_every: int = option(10, "steps between metrics.csv rows", min=1)
     validation_prompts: tuple[str, ...] = option((), "repeatable; images at every checkpoint",
                                                  flag="validation-prompt", max_length=1000)
-    seed: int = option(0, "base seed", min=0, max=2**31 - 1)
+    seed: int = option(0, "base seed", min=0, max=MAX_TRAINING_SEED)
     resume: bool = option(False, "continue from the latest checkpoint in --out")
 
     @property

@@ -19,10 +19,11 @@ import pandas as pd
 
 from studio.budget import QuotaError
 from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
+from studio.commands import KINDS
 from studio.compression import CompressionError
 from studio.bench import DTYPES
-from studio.generation import (DECODERS, MAX_CACHE_INTERVAL, MAX_GUIDANCE, MAX_STEPS, MAX_TOME_RATIO, SCHEDULERS,
-                               PipelineCache)
+from studio.generation import DECODERS, MAX_CACHE_INTERVAL, MAX_TOME_RATIO, SCHEDULERS, PipelineCache
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
 from studio.recipes import PRESETS, Recipe
 from studio.jobs import JobError, JobManager, read_metrics
 from studio.loading import ModelUnavailableError, in_reach
@@ -143,7 +144,7 @@ def generation_controls(family: Family) -> list:
         resolution = inputs.Number(value=0, precision=0, label="Resolution (px; 0 = each model's own)")
         preset = inputs.Dropdown(list(PRESETS), value=recipe.name, label="Recipe (fills in the knobs below)")
     with gr.Row():
-        steps = inputs.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+        steps = inputs.Slider(1, MAX_SAMPLING_STEPS, value=recipe.steps, step=1, label="Steps")
         guidance = inputs.Slider(0, MAX_GUIDANCE, value=recipe.guidance or family.guidance, step=0.5, label="Guidance")
         scheduler = inputs.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
         stop = inputs.Slider(0.05, 1.0, value=recipe.guidance_stop, step=0.05,
@@ -210,10 +211,11 @@ def job_view(jobs: JobManager, job_id: str) -> tuple[list[dict], str, str | None
     status = jobs.status(job_id)
     speed = "-" if status.steps_per_second is None else f"{status.steps_per_second:.2f} steps/s"
     losses = ", ".join(f"{k} {v:.4f}" for k, v in status.losses.items())
-    text = f"**{status.id}** ({status.name}): {status.state}, step {status.step} of {status.steps}, {speed}. {losses}"
+    text = (f"**{status.id}** ({status.name}): {status.state}, {status.unit} {status.step} of {status.steps}, {speed}. "
+            f"{losses}")
     if status.message:
         text += f"\n\n{status.message}"
-    if status.state == "finished" and status.kind == "distill":
+    if status.state == "finished" and KINDS[status.kind].result == "student":
         text += f"\n\nThe student is in the Compare tab's model list as `job-{status.id}`."
     validation = sorted((jobs.run_folder(job_id) / "validation").glob("*.png"))
     return loss_curves(jobs, job_id), text, str(validation[-1]) if validation else None

@@ -10,7 +10,8 @@ import gradio as gr
 from studio.ui import inputs
 
 from studio.catalog import Catalog, read_configs
-from studio.generation import MAX_GUIDANCE, MAX_STEPS, Settings, sample
+from studio.generation import Settings, sample
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
 from studio.jobs import JobManager
 from studio.personalization.config import DreamBoothConfig
 from studio.personalization.dreambooth import load_personalized
@@ -50,8 +51,7 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
         config = DreamBoothConfig(
             model=name, photos="-", instance_prompt=instance_prompt, class_prompt=class_prompt, out="-",
             steps=steps, mode="full" if full else "lora", class_images=number("class images", class_images, int),
-            guidance=number("guidance", guidance, float), checkpoint_every=max(1, min(200, steps // 4)),
-            log_every=max(1, min(10, steps // 20)), validation_prompts=(instance_prompt, class_prompt))
+            guidance=number("guidance", guidance, float), validation_prompts=(instance_prompt, class_prompt))
         config.check()
         configs.append((config, resolution))
     paths = [Path(p) for p in (photos or [])]
@@ -66,9 +66,7 @@ def dreambooth_start(jobs: JobManager, catalog: Catalog, photos: list, identifie
             import_photos(paths, folder / "photos", resolution, replace(limits, min_side=resolution))
             return {"photos": str(folder / "photos")}
 
-        name = f"{config.model}: {instance_prompt}, {config.steps} steps, {config.mode}"
-        job_ids.append(jobs.create("dreambooth", config, name, config.steps, {"model": config.model}, prepare,
-                                   catalog))
+        job_ids.append(jobs.create("dreambooth", config, prepare=prepare, catalog=catalog))
     return job_ids, f"started {len(job_ids)} DreamBooth job(s): {', '.join(job_ids)}"
 
 
@@ -134,7 +132,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         with gr.Row():
             prompt = inputs.Textbox(value=family.dreambooth_prompt, label="Prompt for the personalized models")
             seed = inputs.Number(value=0, precision=0, label="Seed")
-            sample_steps = inputs.Slider(1, MAX_STEPS, value=family.steps, step=1, label="Steps")
+            sample_steps = inputs.Slider(1, MAX_SAMPLING_STEPS, value=family.steps, step=1, label="Steps")
             guidance = inputs.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
         generate = gr.Button("Generate with the personalized models")
         gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)

@@ -33,9 +33,8 @@ def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompt
         copy.write_bytes(Path(prompts_file).read_bytes())  # the job keeps its own copy of the upload
         return {"prompts": str(copy)}
 
-    name = f"evaluate {', '.join(models)} on {config.n} prompts"
-    job_id = jobs.create("evaluate", config, name, config.n * len(models), {"models": models}, prepare, catalog)
-    return job_id, f"started job {job_id}: {name}"
+    job_id = jobs.create("evaluate", config, prepare=prepare, catalog=catalog)
+    return job_id, f"started job {job_id}: {jobs.spec(job_id)['name']}"
 
 
 def evaluate_status(jobs: JobManager, job_id: str | None) -> tuple[str, str | None]:

@@ -71,8 +71,7 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
         teacher=teacher, arch=str(spec), data=data_source, out="-",
         steps=steps, batch_size=number("batch size", batch_size, int), lr=number("learning rate", lr, float),
         lambda_task=number("λ task", lambda_task, float), lambda_out=number("λ output KD", lambda_out, float),
-        lambda_feat=number("λ feature KD", lambda_feat, float), checkpoint_every=max(1, min(500, steps // 4)),
-        log_every=max(1, min(10, steps // 20)), validation_prompts=family.validation_prompts[:2],
+        lambda_feat=number("λ feature KD", lambda_feat, float), validation_prompts=family.validation_prompts[:2],
         validation_guidance=family.guidance)
     config.check()
     configs = read_configs(teacher, catalog)
@@ -97,9 +96,8 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
             raise JobError(f"the dataset zip can't be trained on: {problem}") from None
         return {"data": str(data)}
 
-    name = f"{spec} from {teacher}, {steps} steps"
-    job_id = jobs.create("distill", config, name, steps, {"family": entry.family}, prepare, catalog)
-    return job_id, f"started job {job_id}: {name}"
+    job_id = jobs.create("distill", config, prepare=prepare, catalog=catalog)
+    return job_id, f"started job {job_id}: {jobs.spec(job_id)['name']}"
 
 
 def build(app: gr.Blocks, studio: Studio) -> None:

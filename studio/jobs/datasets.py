@@ -1,0 +1,44 @@
+"""Uploaded datasets: an imagefolder zip, unpacked into a job's folder only when it is safe and within the limits."""
+
+import zipfile
+from pathlib import Path
+
+from studio.budget import JobLimits
+from studio.jobs.store import JobError
+
+MAX_ZIP_MEMBERS = 100_000
+
+
+def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits()) -> Path:
+    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe, oversized or bomb-like archives.
+
+    Returns the folder holding metadata.jsonl (the zip's root or its single top folder).
+    """
+    try:
+        archive = zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise JobError(f"the upload {Path(upload).name} is not a valid zip file ({error})") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise JobError(f"the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
+        total, packed = sum(m.file_size for m in members), sum(m.compress_size for m in members)
+        if total > limits.max_zip_bytes:
+            raise JobError(f"data: the zip unpacks to {total / 1e9:.2f} GB; at most "
+                           f"{limits.max_zip_bytes / 1e9:.2f} GB is allowed")
+        if total > limits.max_zip_ratio * max(packed, 1) and total > 1024**2:
+            raise JobError(f"data: the zip unpacks to {total / max(packed, 1):.0f} times its size; at most "
+                           f"{limits.max_zip_ratio:.0f} times is allowed (images barely compress; is it a zip bomb?)")
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        for member in members:
+            target = (dest / member.filename).resolve()
+            if not target.is_relative_to(root) or member.filename.startswith("/"):
+                raise JobError(f"the zip entry {member.filename!r} points outside the archive; refused")
+        archive.extractall(dest)
+    candidates = [dest] + [p for p in dest.iterdir() if p.is_dir()]
+    for folder in candidates:
+        if (folder / "metadata.jsonl").is_file():
+            return folder
+    raise JobError("the zip has no metadata.jsonl (at its root or in one top folder); the imagefolder layout needs "
+                   "one line per image with file_name and text")

@@ -1,0 +1,49 @@
+"""DreamBooth as a job kind (studio/kinds.py): LoRA (peft) or full finetuning of a teacher or student."""
+
+from studio.budget import ADAMW_STATES, FLOAT_BYTES, METRICS_ROW_BYTES, checkpoints_kept, image_bytes
+from studio.kinds import JobKind
+from studio.personalization.config import DreamBoothConfig
+from studio.limits import MAX_PHOTOS
+
+
+def run(config: DreamBoothConfig, callback=None) -> str:
+    from studio.personalization.dreambooth import dreambooth
+
+    out = dreambooth(config, callback=callback)
+    result = out / ("lora" if config.lora else "unet")
+    return f"personalized weights in {result}; metrics in {out / 'metrics.csv'}; card in {out / 'card.json'}"
+
+
+def lora_params(unet, rank: int) -> int:
+    """Parameters of rank-`rank` LoRA on every to_q and to_v (A: in x r, B: r x out)."""
+    return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
+               if name.rsplit(".", 1)[-1] in ("to_q", "to_v"))
+
+
+def estimate_bytes(config: DreamBoothConfig, catalog) -> dict[str, int]:
+    """Checkpoints of what trains (with AdamW's moments), the result, class and validation images, metrics rows."""
+    from studio.catalog import read_configs
+    from studio.profiling import count_params, input_geometry, meta_unet
+
+    configs = read_configs(config.model, catalog)
+    unet = meta_unet(configs["unet"])
+    trainable = count_params(unet) if config.mode == "full" else lora_params(unet, config.rank)
+    if config.mode == "lora" and config.train_text_encoder:
+        text = configs.get("text_encoder") or {}
+        trainable += 2 * text.get("num_hidden_layers", 12) * config.text_rank * 2 * text.get("hidden_size", 768)
+    resolution = input_geometry(configs).resolution
+    grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0
+    return {"checkpoints": checkpoints_kept(config) * trainable * FLOAT_BYTES * (1 + ADAMW_STATES),
+            "result": trainable * FLOAT_BYTES,
+            "images": (config.class_images + MAX_PHOTOS + grids * len(config.validation_prompts))
+            * image_bytes(resolution),
+            "logs": (config.steps // config.log_every + 1) * METRICS_ROW_BYTES}
+
+
+KIND = JobKind(
+    name="dreambooth", config=DreamBoothConfig, run=run, estimate_bytes=estimate_bytes, result="adapter",
+    help="personalize a teacher or student from a few photos",
+    total=lambda config: config.steps,
+    describe=lambda config: f"{config.model}: {config.instance_prompt}, {config.steps} steps, {config.mode}",
+    caps={"steps": "max_steps", "class_images": "max_class_images"},
+)
