@@ -1,4 +1,4 @@
-"""Sampling limits and choices, defined once: generation, the app and every job kind that samples import them.
+"""Limits and choices defined once: generation, the app and every job kind import them.
 
 No torch here, so a config dataclass (and the command line that builds flags
 from it) can use them without loading diffusers.
@@ -14,3 +14,5 @@ MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 # The samplers studio.generation builds (its SCHEDULERS table must list exactly these).
 SCHEDULER_NAMES = ("PNDM", "DDIM", "DPM-Solver++", "DPM++ 2M Karras", "UniPC", "Euler")
+# Experiment trackers a training run can report to beside metrics.csv (studio/trackers.py).
+TRACKERS = ("tensorboard", "trackio", "wandb")

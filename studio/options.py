@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...]
             kwargs["default"] = f.default
             if f.default not in (None, (), "") and base is not bool:
                 kwargs["help"] += f" (default: {f.default})"
-        if "choices" in f.metadata:
+        if "choices" in f.metadata and sequence is None:  # a list's items are checked by check_fields
             kwargs["choices"] = f.metadata["choices"]
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

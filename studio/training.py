@@ -163,7 +163,8 @@ class MetricsLog:
     Columns: step, then loss_total and the run's other loss_* terms, then lr and seconds.
     """
 
-    def __init__(self, path: Path, resume_step: int, columns: list[str]):
+    def __init__(self, path: Path, resume_step: int, columns: list[str], trackers=None):
+        self.trackers = trackers  # studio.trackers.Trackers: each row goes to them too
         rows = []
         if resume_step and path.exists():  # drop rows past the checkpoint: they will be redone
             with open(path, newline="") as file:
@@ -178,9 +179,13 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         self.file.flush()
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def close(self) -> None:
         self.file.close()
+        if self.trackers is not None:
+            self.trackers.finish()
 
 
 def _step(row: dict) -> int | None:
@@ -208,11 +213,15 @@ def write_card(out: Path, kind: str, config, steps: int, final_losses: dict, tra
     return card
 
 
-def save_validation(path: Path, rows) -> None:
+def save_validation(path: Path, rows, log: "MetricsLog | None" = None, step: int | None = None) -> None:
+    """The validation grid at `path`, and to the run's trackers (through its metrics log) at `step`."""
     from studio.images import grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid(rows).save(path)
+    image = grid(rows)
+    image.save(path)
+    if log is not None and log.trackers is not None:
+        log.trackers.image("validation", image, step)
 
 
 class StopOnSigterm:

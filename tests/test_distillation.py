@@ -112,6 +112,40 @@ def test_a_half_precision_teacher_trains_and_draws_validation_images(tiny_pipeli
     assert Image.open(out / "validation" / "step-000002.png").size == (32, 64)
 
 
+def test_trackers_get_the_loss_terms_speed_config_and_validation_images_offline(tiny_pipeline_dir, tmp_path):
+    """--report-to tensorboard,trackio: both write into the run's trackers/ folder with no network (HF_HUB_OFFLINE);
+    metrics.csv is still written as before."""
+    import sqlite3
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    command = ["distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny", "--data", "toy", "--out", str(out),
+               "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--log-every", "1",
+               "--validation-prompt", "a red circle", "--report-to", "tensorboard,trackio"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "studio", *command], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3, 4]
+    events = EventAccumulator(str(next((out / "trackers" / "tensorboard").rglob("events.out.*")).parent),
+                              size_guidance={"images": 0})
+    events.Reload()
+    assert {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "steps_per_second"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss_total")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("validation")] == [2, 4]
+    database = next((out / "trackers" / "trackio").glob("*.db"))
+    with sqlite3.connect(database) as db:
+        rows = [(step, bytes(m).decode() if isinstance(m, bytes) else m)
+                for step, m in db.execute("select step, metrics from metrics order by step")]
+    assert [step for step, _ in rows if "loss_total" in _] == [1, 2, 3, 4]
+    assert any("validation" in m for _, m in rows)
+    refused = subprocess.run([sys.executable, "-m", "studio", *command[:-1], "tensorboard,mlflow"], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--report-to" in refused.stderr and "mlflow" in refused.stderr
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_training_resumes(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "killed"

@@ -6,7 +6,7 @@ from this dataclass (see studio/options.py).
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 
@@ -49,6 +49,8 @@ class DistillConfig:
     resume: bool = option(False, "continue from the latest checkpoint in --out")
     validation_prompts: tuple[str, ...] = option((), "repeatable; teacher-vs-student images at every checkpoint",
                                                  flag="validation-prompt", max_length=1000)
+    report_to: list[str] = option([], "experiment trackers beside metrics.csv, comma-separated: tensorboard, trackio "
+                                      "(both offline, in the run's trackers/), wandb", choices=TRACKERS)
     validation_guidance: float = option(7.5, "guidance of the validation images", min=0,
                                         max=MAX_GUIDANCE)
 
@@ -59,7 +61,10 @@ class DistillConfig:
     def check(self) -> None:
         from studio.compression import resolve_spec
 
+        from studio.trackers import check_trackers
+
         check_fields(self)
+        check_trackers(self.report_to)
         resolve_spec(self.arch)
         if self.lambda_task == self.lambda_out == self.lambda_feat == 0:
             raise ValueError("the loss weights (λ task, λ output KD, λ feature KD) are all 0; at least one must be "

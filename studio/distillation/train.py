@@ -25,6 +25,7 @@ from studio.distillation.objective import capture_outputs, feature_pairs, kd_los
 from studio.generation import sample
 from studio.loading import load_pipeline, share_components
 from studio.progress import Callback, report
+from studio.trackers import Trackers
 from studio.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
     latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler,
@@ -89,7 +90,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         (out / "config.json").write_text(json.dumps({**asdict(config), "feature_pairs": pairs}, indent=2) + "\n")
         if data.skipped:
             print(f"skipping {len(data.skipped)} unusable data rows, e.g. {data.skipped[0]}")
-    log = MetricsLog(out / "metrics.csv", start_step, METRICS) if main else None
+    log = MetricsLog(out / "metrics.csv", start_step, METRICS, Trackers(config.report_to, out, "distill", config)) \
+        if main else None
     noise_scheduler = training_scheduler(teacher)
     empty_ids = tokenize(teacher.tokenizer, [""])
     loop_started, losses = time.perf_counter(), {}
@@ -143,7 +145,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                                     keep=config.checkpoints_total_limit)
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
-                                        out / "validation" / f"step-{done:06d}.png")
+                                        out / "validation" / f"step-{done:06d}.png", log, done)
             if stop.requested:
                 if main:
                     log.close()
@@ -161,7 +163,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
     return out
 
 
-def validation_grid(teacher_pipe, student_unet, config: DistillConfig, path: Path) -> None:
+def validation_grid(teacher_pipe, student_unet, config: DistillConfig, path: Path, log: MetricsLog | None = None,
+                    step: int | None = None) -> None:
     """Teacher (top row) and student (bottom row) images of the validation prompts, same seeds."""
     prompts = list(config.validation_prompts)
     seeds = [derive_seed(config.seed, i) for i in range(len(prompts))]
@@ -174,4 +177,4 @@ def validation_grid(teacher_pipe, student_unet, config: DistillConfig, path: Pat
                 for pipe in (teacher_pipe, share_components(teacher_pipe, student_unet))]
     finally:
         teacher_pipe.unet.to(teacher_dtype)
-    save_validation(path, rows)
+    save_validation(path, rows, log, step)

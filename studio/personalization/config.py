@@ -7,7 +7,7 @@ constant, 800 steps, batch 1, prior weight 1.0, 200 class images.
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_TRAINING_SEED
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_TRAINING_SEED, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 MAX_DREAMBOOTH_STEPS = 20_000  # a few hundred is the recipe; far more only overfits the photos
@@ -45,6 +45,8 @@ class DreamBoothConfig:
     log_every: int = option(10, "steps between metrics.csv rows", min=1)
     validation_prompts: tuple[str, ...] = option((), "repeatable; images at every checkpoint",
                                                  flag="validation-prompt", max_length=1000)
+    report_to: list[str] = option([], "experiment trackers beside metrics.csv, comma-separated: tensorboard, trackio "
+                                      "(both offline, in the run's trackers/), wandb", choices=TRACKERS)
     seed: int = option(0, "base seed", min=0, max=MAX_TRAINING_SEED)
     resume: bool = option(False, "continue from the latest checkpoint in --out")
 
@@ -57,7 +59,10 @@ class DreamBoothConfig:
         return self.lr if self.lr is not None else (1e-4 if self.lora else 1e-6)
 
     def check(self) -> None:
+        from studio.trackers import check_trackers
+
         check_fields(self)
+        check_trackers(self.report_to)
         if self.prior_weight > 0 and self.class_images == 0:
             raise ValueError("prior preservation needs class images: give class images > 0 or prior weight 0")
         if not self.instance_prompt.strip() or not self.class_prompt.strip():

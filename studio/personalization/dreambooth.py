@@ -27,6 +27,7 @@ from studio.loading import load_lora, load_pipeline, load_unet, share_components
 from studio.personalization.config import DreamBoothConfig
 from studio.personalization.photos import import_photos
 from studio.progress import Callback, report
+from studio.trackers import Trackers
 from studio.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
     latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler,
@@ -115,7 +116,7 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
 
     noise_scheduler = training_scheduler(pipeline)
     ids = tokenize(pipeline.tokenizer, [config.instance_prompt, config.class_prompt])
-    log = MetricsLog(out / "metrics.csv", start_step, METRICS)
+    log = MetricsLog(out / "metrics.csv", start_step, METRICS, Trackers(config.report_to, out, "dreambooth", config))
     pipeline.unet.train()
     device = pipeline.device
     loop_started, losses = time.perf_counter(), {}
@@ -153,7 +154,7 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
                 save_checkpoint(out, done, {"trainable.safetensors": trainable}, {"optimizer.pt": optimizer.state_dict()},
                                 keep=config.checkpoints_total_limit)
                 if config.validation_prompts:
-                    validation_row(pipeline, config, out / "validation" / f"step-{done:06d}.png")
+                    validation_row(pipeline, config, out / "validation" / f"step-{done:06d}.png", log, done)
             if stop.requested:
                 log.close()
                 raise cancelled(out, done, config.steps)
@@ -165,13 +166,14 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
 
 
 @torch.no_grad()
-def validation_row(pipeline, config: DreamBoothConfig, path: Path) -> None:
+def validation_row(pipeline, config: DreamBoothConfig, path: Path, log: MetricsLog | None = None,
+                   step: int | None = None) -> None:
     pipeline.unet.eval()
     prompts = list(config.validation_prompts)
     images = sample(pipeline, prompts, [derive_seed(config.seed, i) for i in range(len(prompts))],
                     config.sample_steps, config.guidance)
     pipeline.unet.train()
-    save_validation(path, [images])
+    save_validation(path, [images], log, step)
 
 
 def save_result(pipeline, config: DreamBoothConfig, out: Path) -> None:
