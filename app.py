@@ -25,6 +25,9 @@ def main() -> None:
                         help="where training jobs and generated images live (default: ./studio-data)")
     parser.add_argument("--queue-size", type=int, default=int(env("STUDIO_QUEUE_SIZE") or 16),
                         help="requests waiting beyond this are turned away with a 'queue is full' message")
+    parser.add_argument("--mcp", action=argparse.BooleanOptionalAction,
+                        default=(env("STUDIO_MCP") or "").lower() in ("1", "true", "yes"),
+                        help="also serve the app's tools over MCP at /gradio_api/mcp/ (or STUDIO_MCP=1)")
     hosting = parser.add_argument_group("hosting (public mode: --public, or the SPACE_ID variable)")
     add_arguments(hosting, Hosting)
     for f in fields(Hosting):  # every hosting flag can also come from a STUDIO_<NAME> variable
@@ -36,7 +39,9 @@ def main() -> None:
     app = build_app(load_catalog(), args.family, args.device, args.data_dir, hosting)
     # One model run at a time per device (the compare and img2img events share one concurrency slot).
     app.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    app.launch(server_name=args.host, server_port=args.port, **launch_options(hosting))
+    app.launch(server_name=args.host, server_port=args.port, mcp_server=args.mcp, **launch_options(hosting))
+    if args.mcp and not getattr(app, "mcp_server", False):  # gradio only prints why its MCP server did not start
+        raise SystemExit(f"--mcp: the MCP server did not start: {getattr(app, 'mcp_error', 'unknown error')}")
 
 
 if __name__ == "__main__":

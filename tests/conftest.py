@@ -141,7 +141,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, family: str = "tiny"):
+def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, family: str = "tiny", mcp: bool = False):
     """The app on `family` (local, or as `hosting` says), served on a free port; yields its URL. On exit
     the server closes and any job it left running is killed."""
     from studio.ui.app import build_app
@@ -151,7 +151,8 @@ def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, fa
     app = build_app(catalog, family=family, data_dir=data_dir, hosting=hosting)
     port = free_port()
     app.queue(max_size=queue_size, default_concurrency_limit=1).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(hosting))
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, mcp_server=mcp,
+        **launch_options(hosting))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -169,6 +169,15 @@ def generation_controls(family: Family) -> list:
     return [prompt, negative, seed, steps, guidance, scheduler, resolution, stop, cache, tome, decoder, dtype]
 
 
+def endpoint(name: str):
+    """Name a handler as its endpoint: API docs and MCP clients know a tool by its function's name and read its
+    docstring (the summary, then `Args:` lines `name: what it is`)."""
+    def rename(function):
+        function.__name__ = function.__qualname__ = name
+        return function
+    return rename
+
+
 def number(name: str, value, kind=float):
     """A control's value as `kind`, or ValueError naming the field (None, text and NaN-to-int are refused)."""
     try:
@@ -296,7 +305,14 @@ class JobMonitor:
         return gr.update(choices=ids, value=selected if selected in ids else (ids or [None])[0])
 
     def wire(self, app: gr.Blocks, tab: gr.Tab, api_name: str) -> None:
+        @endpoint(api_name)
         def show(selected, request: gr.Request):
+            """The asking visitor's jobs of this kind as a table, and the selected job's state, progress, loss curves
+            and latest validation image.
+
+            Args:
+                selected: a job id (or a list of ids) from the job table; empty for none
+            """
             with user_errors():
                 rows, curves, text, image = self.status(self.studio.workspace(request).jobs, selected)
                 return (rows, curves, text, image) if self.plot else (rows, text, image)
@@ -306,6 +322,6 @@ class JobMonitor:
                 return self.choices(self.studio.workspace(request).jobs, selected)
 
         gr.on([app.load, tab.select], choices, self.job, self.job, api_visibility="private", queue=False)
-        self.job.change(show, self.job, self.outputs, api_visibility="private", queue=False)
         gr.Timer(POLL_SECONDS).tick(show, self.job, self.outputs, api_name=api_name, queue=False,
-                                    concurrency_limit=None, show_progress="hidden")
+                                    concurrency_limit=None, show_progress="hidden")  # named first: keeps the name
+        self.job.change(show, self.job, self.outputs, api_visibility="private", queue=False)

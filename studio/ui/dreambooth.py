@@ -18,7 +18,7 @@ from studio.personalization.dreambooth import load_personalized
 from studio.personalization.photos import PhotoLimits, check_photos, import_photos
 from studio.profiling import input_geometry
 from studio.options import check_text
-from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, chosen_models, job_action, number, on_gpu,
+from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, chosen_models, endpoint, job_action, number, on_gpu,
                               refresh_models_on_visit, selected_jobs, user_errors)
 from studio.workspaces import Workspace
 
@@ -138,7 +138,20 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)
         readout = gr.Markdown()
 
+    @endpoint("dreambooth_start")
     def on_start(files, identifier, class_phrase, chosen, steps, mode, class_images, request: gr.Request):
+        """Personalize models from a few photos of one subject (DreamBooth), one background job per model; returns a
+        message and the jobs' ids.
+
+        Args:
+            files: 1 to 50 photos of the subject (JPEG, PNG, WebP)
+            identifier: one rare word that will name the subject, e.g. sks
+            class_phrase: what the subject is, e.g. dog
+            chosen: catalogue model names to personalize
+            steps: optimizer steps
+            mode: LoRA or full
+            class_images: images of the class each model draws first, for prior preservation
+        """
         with user_errors():
             if mode not in ("LoRA", "full"):
                 raise ValueError(f"finetuning: must be LoRA or full, got {mode!r}")
@@ -147,12 +160,28 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                                          class_phrase, chosen, steps, mode == "full", class_images, family.guidance)
             return text, gr.update(choices=workspace.jobs.ids("dreambooth"), value=ids)
 
+    @endpoint("dreambooth_cancel")
     def on_cancel(job_ids, request: gr.Request):
+        """Cancel running DreamBooth jobs; each saves a checkpoint first.
+
+        Args:
+            job_ids: a job id or a list of them
+        """
         with user_errors():
             return job_action(studio.workspace(request).jobs.cancel, job_ids)
 
     @on_gpu
+    @endpoint("dreambooth_results")
     def on_generate(job_ids, prompt, seed, steps, guidance, request: gr.Request):
+        """Draw a prompt with each finished DreamBooth job's personalized model, side by side.
+
+        Args:
+            job_ids: finished DreamBooth job ids
+            prompt: what to draw, with the identifier, e.g. a sks dog on the beach
+            seed: the random seed
+            steps: sampling steps (1 to 100)
+            guidance: classifier-free guidance scale (0 to 20)
+        """
         with user_errors():
             return dreambooth_results(studio, job_ids, prompt, seed, steps, guidance, studio.workspace(request))
 

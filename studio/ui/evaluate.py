@@ -10,7 +10,8 @@ from studio.catalog import Catalog
 from studio.evaluation.config import EvalConfig
 from studio.evaluation.prompts import read_prompts
 from studio.jobs import JobManager
-from studio.ui.common import JobMonitor, Studio, chosen_models, number, refresh_models_on_visit, user_errors
+from studio.ui.common import (JobMonitor, Studio, chosen_models, endpoint, number, refresh_models_on_visit,
+                              user_errors)
 
 
 def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompts_file: str | None, n,
@@ -88,7 +89,16 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                 if report.with_suffix(".png").is_file():
                     gr.Image(str(report.with_suffix(".png")), show_label=False, interactive=False)
 
+    @endpoint("evaluate_start")
     def on_start(chosen, prompts_file, n, request: gr.Request):
+        """Evaluate models with the paper's protocol (CLIP score, FID, IS, fidelity to the teacher, the family's judge)
+        as a background job; returns a message and the job's id.
+
+        Args:
+            chosen: catalogue model names
+            prompts_file: a BK-SDM metadata.csv or a text file with one prompt per line; empty for the family's set
+            n: images per model
+        """
         with user_errors():
             workspace = studio.workspace(request)
             job_id, text = evaluate_start(workspace.jobs, studio.current_catalog(workspace), chosen, prompts_file, n,

@@ -12,7 +12,7 @@ from studio.distillation.config import DistillConfig
 from studio.distillation.data import DATA_SOURCES, DataError, open_data
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.profiling import input_geometry, profile_students
-from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, job_action, number, user_errors
+from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, endpoint, job_action, number, user_errors
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")
 MAX_DESIGN_RESOLUTION = 4096
@@ -136,29 +136,72 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         message = gr.Markdown()
         monitor = JobMonitor(studio, "distill", "Job", "Latest validation: teacher (top) vs student (bottom)")
 
-    def on_design(*values):
-        with user_errors():
-            return design_table(studio.catalog, *values)
+    @endpoint("design")
+    def on_design(teacher, preset, layers, keep_mid, keep_innermost, resolution):
+        """Parameters and MACs per U-Net step of a teacher, the paper's Base, Small and Tiny students and a student
+        designed by block removal (MACs counted as conv + linear, as the paper, and with attention products).
 
+        Args:
+            teacher: a teacher in the catalogue, e.g. toy-teacher or sd-v1.4
+            preset: base, small, tiny or custom
+            layers: custom only: layers kept per down stage, one number or one per stage (e.g. 1,2,2,1)
+            keep_mid: custom only: keep the mid block
+            keep_innermost: custom only: keep the innermost stage
+            resolution: image side in pixels for the MACs; 0 for the teacher's own
+        """
+        with user_errors():
+            return design_table(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost, resolution)
+
+    @endpoint("train_start")
     def on_start(teacher, preset, layers, keep_mid, keep_innermost, data_source, upload, steps, lr, lambda_task,
                  lambda_out, lambda_feat, batch_size, request: gr.Request):
+        """Start distilling a block-removed student from its teacher as a background job (the paper's task, output
+        KD and feature KD losses); returns a message and the new job's id.
+
+        Args:
+            teacher: a teacher in the catalogue
+            preset: base, small, tiny or custom
+            layers: custom only: layers kept per down stage
+            keep_mid: custom only: keep the mid block
+            keep_innermost: custom only: keep the innermost stage
+            data_source: a registered data source (e.g. toy) or upload
+            upload: with data_source upload: a zip in the imagefolder layout (metadata.jsonl and images)
+            steps: optimizer steps
+            lr: learning rate
+            lambda_task: weight of the task loss
+            lambda_out: weight of the output KD loss
+            lambda_feat: weight of the feature KD loss
+            batch_size: images per step
+        """
         with user_errors():
             jobs = studio.workspace(request).jobs
             job_id, text = train_start(jobs, studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
                                        data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size)
             return text, gr.update(choices=jobs.ids("distill"), value=job_id)
 
+    @endpoint("train_cancel")
     def on_cancel(job_id, request: gr.Request):
+        """Cancel a running training job; it saves a checkpoint of its current step first and can be resumed.
+
+        Args:
+            job_id: the job's id
+        """
         with user_errors():
             return job_action(studio.workspace(request).jobs.cancel, job_id)
 
+    @endpoint("train_resume")
     def on_resume(job_id, request: gr.Request):
+        """Resume a cancelled, failed or interrupted training job from its latest checkpoint.
+
+        Args:
+            job_id: the job's id
+        """
         with user_errors():
             return job_action(studio.workspace(request).jobs.resume, job_id)
 
     design_inputs = [teacher, preset, layers, keep_mid, keep_innermost, resolution]
+    app.load(on_design, design_inputs, [table, summary], api_name="design")  # named first: it keeps the name
     gr.on([c.change for c in design_inputs], on_design, design_inputs, [table, summary], api_visibility="private")
-    app.load(on_design, design_inputs, [table, summary], api_name="design")
     preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom_row, api_visibility="private",
                   queue=False)
     start.click(on_start, [*design_inputs[:5], data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat,
