@@ -9,7 +9,7 @@ loop over it and name no kind themselves.
 
     KIND = JobKind(name="distill", config=DistillConfig, run=run, help="...", estimate_bytes=estimate_bytes,
                    result="student", unit="step", total=lambda c: c.steps, describe=describe,
-                   caps={"steps": "max_steps", "batch_size": "max_batch_size"}, student=lambda c: (c.teacher, c.arch))
+                   caps={"steps": "max_steps", "batch_size": "max_batch_size"}, student=lambda c: (c["teacher"], c["arch"]))
 """
 
 from dataclasses import dataclass, field, fields, replace
@@ -30,7 +30,7 @@ class JobKind:
     describe: Callable  # describe(config) -> the job's name in lists
     unit: str = "step"  # what the progress counts: optimizer steps, or images
     caps: dict = field(default_factory=dict)  # config field -> the JobLimits attribute that caps it on a host
-    student: Callable | None = None  # student(config) -> (teacher, arch), for kinds whose result is a student
+    student: Callable | None = None  # student(stored config JSON) -> (teacher, arch), for kinds that make a student
     checkpoints: int = 4  # a background job checkpoints at least this often over its run ...
     log_rows: int = 20  # ... and writes at least this many metrics rows
 

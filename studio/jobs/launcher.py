@@ -74,8 +74,9 @@ class JobManager(JobStore):
             write_catalog(entries_beyond_packaged(catalog), folder / "catalog.json")
             spec = {"id": job_id, "kind": kind, "name": name or job.describe(config), "config": asdict(config),
                     "steps": job.total(config), "created": time.time(), **(extra or {})}
-            if job.student is not None and job.student(config)[0] in catalog:  # the student joins its teacher's family
-                spec["family"] = catalog.get(job.student(config)[0]).family
+            teacher = job.student(spec["config"])[0] if job.student is not None else None
+            if teacher in catalog:  # the student joins its teacher's family
+                spec["family"] = catalog.get(teacher).family
             with _admission:  # two starts at once can't both take the last slot
                 self.check_room(1)
                 write_json(folder / "job.json", spec)

@@ -22,7 +22,6 @@ import psutil
 
 from studio.catalog import ModelEntry
 from studio.commands import KINDS
-from studio.options import from_dict
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
 JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what the launcher makes: date-time-hex
@@ -195,7 +194,10 @@ class JobStore:
             kind = KINDS.get(spec["kind"])
             if kind is None or kind.result != "student" or self.state(job_id)[0] != "finished":
                 continue
-            teacher, arch = kind.student(from_dict(kind.config, spec["config"]))
+            try:
+                teacher, arch = kind.student(spec["config"])
+            except (KeyError, TypeError):
+                continue  # a job.json without them names no student
             entries.append(ModelEntry(
                 name=f"job-{job_id}", source=str(self.run_folder(job_id)), role="student",
                 family=spec.get("family", ""), teacher=teacher, arch=arch,

@@ -24,6 +24,11 @@ def build_app(catalog: Catalog, family: str = "toy", device: str = "cpu", data_d
     with gr.Blocks(title="BK-SDM Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BK-SDM Studio\nCompress Stable Diffusion by block removal (BK-SDM, arXiv 2305.15798) "
                     "and see what it costs.")
+        if studio.hosting.public and studio.hosting.sign_in:
+            with gr.Row():
+                gr.LoginButton()
+                gr.Markdown("Signed in, your jobs and images follow your Hugging Face account to any browser; as a "
+                            "guest they stay with this browser (a cookie).")
         shared = compare.build(app, studio)
         img2img.build(app, studio, shared)
         train.build(app, studio)

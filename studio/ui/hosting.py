@@ -45,6 +45,9 @@ class Hosting:
     visitor_disk_gb: float = option(2.0, "public: what one visitor's jobs and images may hold (GB)", above=0)
     expire_hours: float = option(24.0, "public: jobs, uploads and images unchanged this long are deleted", above=0)
     max_upload_mb: int = option(200, "larger uploads are refused before they reach the app (both modes)", min=1)
+    sign_in: bool = option(bool(os.environ.get("OAUTH_CLIENT_ID")), "public: a 'Sign in with Hugging Face' button, so "
+                           "a visitor's work follows their account across browsers (default: on where the Space "
+                           "has hf_oauth: true, which sets OAUTH_CLIENT_ID)")
 
     def check(self) -> None:
         check_fields(self)
