@@ -39,9 +39,12 @@ def main() -> None:
     app = build_app(load_catalog(), args.family, args.device, args.data_dir, hosting)
     # One model run at a time per device (the compare and img2img events share one concurrency slot).
     app.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    app.launch(server_name=args.host, server_port=args.port, mcp_server=args.mcp, **launch_options(hosting))
-    if args.mcp and not getattr(app, "mcp_server", False):  # gradio only prints why its MCP server did not start
+    app.launch(server_name=args.host, server_port=args.port, mcp_server=args.mcp, prevent_thread_lock=True,
+               **launch_options(hosting))
+    if args.mcp and not app.mcp_server:  # gradio only prints why its MCP server did not start
+        app.close()
         raise SystemExit(f"--mcp: the MCP server did not start: {getattr(app, 'mcp_error', 'unknown error')}")
+    app.block_thread()
 
 
 if __name__ == "__main__":

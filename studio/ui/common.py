@@ -6,8 +6,10 @@ functions (no Gradio) that raise ValueError-like errors for bad input, which
 `user_errors` turns into `gr.Error` (shown on the page, raised in an API client).
 """
 
+import inspect
 import logging
 import random
+import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,11 +171,29 @@ def generation_controls(family: Family) -> list:
     return [prompt, negative, seed, steps, guidance, scheduler, resolution, stop, cache, tome, decoder, dtype]
 
 
-def endpoint(name: str):
+# The generation controls' parameters (generation_controls), as a handler's docstring describes them.
+GENERATION_ARGS = """\
+prompt: what to draw
+negative: what to keep out of the image (may be empty)
+seed: the random seed shared by every model (0 to 4294967295)
+steps: sampling steps (1 to 100)
+guidance: classifier-free guidance scale (0 to 20)
+scheduler: sampler: PNDM, DDIM, DPM-Solver++, DPM++ 2M Karras, UniPC or Euler
+resolution: image side in pixels; 0 for each model's own
+guidance_stop: fraction of the steps that use guidance (0.05 to 1)
+cache_interval: step caching, a full U-Net every N steps (1 is off)
+tome_ratio: token merging ratio (0 is off, at most 0.75)
+decoder: vae (the model's own) or tiny (TAESD)
+dtype: fp32, fp16 or bf16"""
+
+
+def endpoint(name: str, more_args: str = ""):
     """Name a handler as its endpoint: API docs and MCP clients know a tool by its function's name and read its
-    docstring (the summary, then `Args:` lines `name: what it is`)."""
+    docstring (the summary, then `Args:` lines `name: what it is`; `more_args` adds lines to a trailing Args)."""
     def rename(function):
         function.__name__ = function.__qualname__ = name
+        if more_args:
+            function.__doc__ = inspect.cleandoc(function.__doc__) + "\n" + textwrap.indent(more_args, "    ")
         return function
     return rename
 

@@ -10,7 +10,7 @@ from studio.ui import inputs
 
 from studio.generation import Result, Settings, compare_iter, speedups
 from studio.recipes import PRESETS, recipe_name
-from studio.ui.common import (Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
+from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
 from studio.workspaces import Workspace
 
@@ -165,7 +165,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         selected = gr.State(None)
 
     @on_gpu
-    @endpoint("compare")
+    @endpoint("compare", GENERATION_ARGS)
     def on_compare(chosen, prompt, negative, seed, steps, guidance, scheduler, resolution, guidance_stop,
                    cache_interval, tome_ratio, decoder, dtype, recipes, request: gr.Request, progress=gr.Progress()):
         """Draw one prompt with several models (a teacher and its block-removed students) on the same seed, side by
@@ -173,18 +173,6 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
 
         Args:
             chosen: catalogue model names, e.g. ["toy-teacher", "toy-bk-tiny"]
-            prompt: what to draw
-            negative: what to keep out of the image (may be empty)
-            seed: the random seed shared by every model (0 to 4294967295)
-            steps: sampling steps (1 to 100)
-            guidance: classifier-free guidance scale (0 to 20)
-            scheduler: sampler: PNDM, DDIM, DPM-Solver++, DPM++ 2M Karras, UniPC or Euler
-            resolution: image side in pixels; 0 for each model's own
-            guidance_stop: fraction of the steps that use guidance (0.05 to 1)
-            cache_interval: step caching, a full U-Net every N steps (1 is off)
-            tome_ratio: token merging ratio (0 is off, at most 0.75)
-            decoder: vae (the model's own) or tiny (TAESD)
-            dtype: fp32, fp16 or bf16
             recipes: recipe names for a grid (models down, recipes across); empty for one column with the knobs above
         """
         with user_errors():

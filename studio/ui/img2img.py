@@ -5,7 +5,7 @@ import gradio as gr
 from studio.ui import inputs
 
 from studio.images import open_image
-from studio.ui.common import (Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
+from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
 from studio.ui.compare import compare_stream, settings_from_controls
 
@@ -33,7 +33,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
         readout = gr.Markdown()
 
     @on_gpu
-    @endpoint("img2img")
+    @endpoint("img2img", GENERATION_ARGS)
     def on_img2img(chosen, image, strength, prompt, negative, seed, steps, guidance, scheduler, resolution,
                    guidance_stop, cache_interval, tome_ratio, decoder, dtype, request: gr.Request,
                    progress=gr.Progress()):
@@ -43,18 +43,6 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
             chosen: catalogue model names, e.g. ["toy-teacher", "toy-bk-tiny"]
             image: the input image
             strength: how far from the input image to go (0.05 to 1)
-            prompt: what to draw
-            negative: what to keep out of the image (may be empty)
-            seed: the random seed shared by every model (0 to 4294967295)
-            steps: sampling steps (1 to 100)
-            guidance: classifier-free guidance scale (0 to 20)
-            scheduler: sampler: PNDM, DDIM, DPM-Solver++, DPM++ 2M Karras, UniPC or Euler
-            resolution: image side in pixels; 0 for each model's own
-            guidance_stop: fraction of the steps that use guidance (0.05 to 1)
-            cache_interval: step caching, a full U-Net every N steps (1 is off)
-            tome_ratio: token merging ratio (0 is off, at most 0.75)
-            decoder: vae (the model's own) or tiny (TAESD)
-            dtype: fp32, fp16 or bf16
         """
         with user_errors():
             workspace = studio.workspace(request)
