@@ -79,7 +79,8 @@ def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, rep
     from studio.toy.judge import judge_accuracy
 
     teacher = load_pipeline("toy-teacher")
-    _, teacher_images = prompt_set_images(teacher, n)
+    targets, teacher_images = prompt_set_images(teacher, n)
+    teacher_accuracy = judge_accuracy(targets, teacher_images)  # judged once, and the reference for fidelity
     rows = []
     for label, folder, weights, init in ABLATION:
         config = replace(toy_config("small", work, steps, batch_size, lr), out=str(work / folder), init=init,
@@ -92,7 +93,6 @@ def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, rep
         rows.append({"variant": label, "init": init, **dict(zip(("weight_task", "weight_out", "weight_feat"), weights)),
                      "judge_all": accuracy["all"], "judge_color": accuracy["color"],
                      "judge_shape": accuracy["shape"], "psnr_to_teacher": fidelity})
-    teacher_accuracy = judge_accuracy(*prompt_set_images(teacher, n))
     write_ablation_report(rows, teacher_accuracy, steps, batch_size, lr, n, report)
     return rows
 
