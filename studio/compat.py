@@ -60,7 +60,11 @@ def torchvision_status() -> str:
     global _status
     if _status is None:
         _status = "running"  # a library imported inside the check must not start it again
-        _status = ensure_torchvision_importable()
+        try:
+            _status = ensure_torchvision_importable()
+        except BaseException:
+            _status = None  # not patched: the next import of such a library tries again (and fails the same way)
+            raise
     return _status
 
 

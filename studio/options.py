@@ -83,10 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...]
 
 
 def from_args(cls, args: argparse.Namespace, **fixed):
-    """The config the flags describe; `fixed` gives the fields that had no flag (add_arguments' `exclude`)."""
+    """The config the flags describe; `fixed` sets fields that had no flag (add_arguments' `exclude`), and any
+    other field without a flag keeps its default."""
     values = dict(fixed)
     for f in fields(cls):
-        if f.name in fixed:
+        if f.name in fixed or not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
         if _kind(cls, f)[2] is tuple:

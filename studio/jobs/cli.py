@@ -28,10 +28,8 @@ def cmd_start(args) -> None:
 
     kind = KINDS[args.kind]
     jobs = manager(args)
-    catalog = load_catalog()
-    students = [e for e in jobs.finished_students() if e.name not in catalog and e.teacher in catalog]
-    config = from_args(kind.config, args, out="-", **({"resume": False} if "resume" in _fields(kind) else {}))
-    job_id = jobs.create(kind.name, config, catalog=catalog.with_entries(students) if students else catalog)
+    config = from_args(kind.config, args, out="-")  # resume has no flag here: its default, False
+    job_id = jobs.create(kind.name, config, catalog=jobs.catalog_with_students(load_catalog()))
     print(f"started job {job_id}: {jobs.spec(job_id)['name']}\n"
           f"follow it with: python -m studio jobs status {job_id} --data-dir {args.data_dir}")
 
@@ -83,12 +81,6 @@ def cmd_cancel(args) -> None:
 
 def cmd_resume(args) -> None:
     print(manager(args).resume(args.job))
-
-
-def _fields(kind) -> set[str]:
-    from dataclasses import fields
-
-    return {f.name for f in fields(kind.config)}
 
 
 def add_jobs_commands(commands, wrap_run=lambda run: run) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from studio.catalog import ModelEntry
+from studio.catalog import Catalog, ModelEntry
 from studio.commands import KINDS
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
@@ -186,6 +186,12 @@ class JobStore:
             time.sleep(poll)
         return state
 
+    def catalog_with_students(self, catalog: Catalog) -> Catalog:
+        """`catalog` plus the students these jobs made (job-<id>) whose teacher it holds: what the app's model
+        lists and a job started from the command line may use."""
+        extra = [e for e in self.finished_students() if e.name not in catalog and e.teacher in catalog]
+        return catalog.with_entries(extra) if extra else catalog
+
     def finished_students(self) -> list[ModelEntry]:
         """Students made by finished jobs of the kinds whose result is a student, as catalogue entries job-<id>."""
         entries = []
@@ -201,6 +207,6 @@ class JobStore:
             entries.append(ModelEntry(
                 name=f"job-{job_id}", source=str(self.run_folder(job_id)), role="student",
                 family=spec.get("family", ""), teacher=teacher, arch=arch,
-                description=f"{kind.name} in the studio: {spec['name']}",
+                description=f"made by a {kind.name} job in the studio: {spec['name']}",
             ))
         return entries

@@ -101,9 +101,7 @@ class Studio:
         workspace = workspace or self.shown_at_build()
         if workspace is None:
             return self.catalog
-        extra = [e for e in workspace.jobs.finished_students() if e.name not in self.catalog
-                 and e.teacher in self.catalog]
-        return self.catalog.with_entries(extra) if extra else self.catalog
+        return workspace.jobs.catalog_with_students(self.catalog)
 
     def models(self, workspace: Workspace | None = None) -> list[str]:
         """The family's teacher(s) first, then their students."""

@@ -34,7 +34,7 @@ class Hosting:
     max_jobs_per_visitor: int = option(1, "public: jobs one visitor may run at once", min=1)
     max_jobs: int = option(max(1, (os.cpu_count() or 2) // 2), "public: jobs running at once in all "
                            "(half the cores by default, so generation keeps the rest)", min=1)
-    max_steps: int = option(2000, "public: training steps (and evaluation sampling steps) per job", min=1)
+    max_steps: int = option(2000, "public: training steps per job (distillation, DreamBooth)", min=1)
     max_batch_size: int = option(16, "public: training batch size", min=1)
     max_class_images: int = option(100, "public: DreamBooth class images per job", min=0)
     max_eval_images: int = option(100, "public: evaluation images per model", min=1)
