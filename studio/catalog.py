@@ -85,6 +85,7 @@ class Family:
     eval_images: int = 1000
     tiny_decoder: str | None = None  # a tiny decoder (TAESD) for this family's latents: hub id or ./local folder
     recipe_report: str | None = None  # a measured models x recipes table (markdown; its plot beside it as .png)
+    sensitivity_map: str | None = None  # the family teacher's block sensitivity (JSON; its heat map beside it as .png)
 
     @property
     def prompt_set_path(self) -> Path | None:
@@ -93,6 +94,10 @@ class Family:
     @property
     def recipe_report_path(self) -> Path | None:
         return (PROJECT_ROOT / self.recipe_report).resolve() if self.recipe_report else None
+
+    @property
+    def sensitivity_map_path(self) -> Path | None:
+        return (PROJECT_ROOT / self.sensitivity_map).resolve() if self.sensitivity_map else None
 
     @property
     def tiny_decoder_source(self) -> str | None:

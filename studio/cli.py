@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from studio.catalog import CatalogError, UnknownModelError, load_catalog, packaged_family
+from studio.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.commands import KINDS
 from studio.jobs.cli import add_jobs_commands
 from studio.options import add_arguments, from_args
@@ -153,13 +153,19 @@ def cmd_toy_dreambooth(args) -> None:
 def cmd_toy_judge(args) -> None:
     from studio.toy.evaluate import judge_model
 
-    report = judge_model(args.model, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    report = judge_model(args.model, n=args.n, recipe=args.recipe, seeds=tuple(args.seeds), log=log)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{args.model}: {report['n']} images, {args.steps} steps, guidance {args.guidance}, seed {args.seed}")
-    for key in ("color", "shape", "background", "all"):
-        print(f"{key:>10} accuracy {report[key]:.1%}")
+    print(f"{args.model} with {args.recipe}: {report['n']} images per seed, seeds {report['seeds']}")
+    spread = report["std"]
+    for task, value in report["tasks"].items():
+        print(f"{task:>14} {value:.1%}")
+    for key in ("overall", "held_out", "attributes"):
+        value = report[key]
+        std = "" if spread[key] is None else f" ± {spread[key] * 100:.1f}"
+        print(f"{key:>14} {'-' if value is None else f'{value:.1%}'}{std}")
 
 
 def add_kind_command(commands, kind) -> None:
@@ -180,14 +186,12 @@ def cmd_toy_decoder(args) -> None:
 
 
 def cmd_toy_recipes(args) -> None:
-    from studio.toy.recipes import recipe_rows, write_report
+    from studio.recipes import PRESETS
+    from studio.toy.recipes import TOY_MODELS, recipe_rows, write_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    from studio.recipes import PRESETS
-    from studio.toy.recipes import TOY_MODELS
-
-    rows = recipe_rows(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS), args.n, args.seed, args.batch,
-                       log=log)
+    rows = recipe_rows(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS), args.n, tuple(args.seeds),
+                       args.batch, Path(args.work) if args.work else None, log=log)
     if args.report:
         write_report(rows, Path(args.report))
         log(f"wrote {args.report} and its .json and .png")
@@ -204,7 +208,24 @@ def cmd_toy_students(args) -> None:
 def cmd_toy_ablation(args) -> None:
     from studio.toy.students import run_ablation
 
-    run_ablation(args.steps, args.batch_size, args.lr, Path(args.work), args.n, Path(args.report))
+    run_ablation(args.steps, args.batch_size, args.lr, Path(args.work), args.n, tuple(args.seeds), Path(args.report))
+
+
+def cmd_sensitivity(args) -> None:
+    from studio.sensitivity import block_sensitivity, write_map
+
+    result = block_sensitivity(args.teacher, args.n, args.seed, clip_model=args.clip_model,
+                               clip_pretrained=args.clip_pretrained or None)
+    json_path, png_path = write_map(result, Path(args.out))
+    ranked = sorted((u for u in result["units"] if u["removable"]),
+                    key=lambda u: float("inf") if u["identical_to_teacher"] else u["psnr_to_teacher"])
+    print(f"most sensitive: {', '.join(u['unit'] for u in ranked[:5])}; least: "
+          f"{', '.join(u['unit'] for u in ranked[-5:])}\nwrote {json_path} and {png_path}")
+
+
+def add_prompt_set_args(sub) -> None:
+    sub.add_argument("--n", type=int, help="prompts of the evaluation set (default: all 672; it cycles past them)")
+    sub.add_argument("--seeds", type=int, nargs="+", default=[0], help="image i is seeded with derive_seed(seed, i)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     pipeline.add_argument("--dtype", help="fp32, fp16 or bf16 for every recipe (default: each recipe's own)")
     pipeline.set_defaults(run=cmd_bench_pipeline)
+    sensitivity = commands.add_parser("sensitivity", help="remove each U-Net unit alone (no retraining): what it "
+                                      "saves and what it costs; JSON and a heat map")
+    sensitivity.add_argument("--teacher", required=True, help="a catalogue teacher")
+    sensitivity.add_argument("--n", type=int, default=96, help="prompts of the family's prompt set")
+    sensitivity.add_argument("--seed", type=int, default=0)
+    sensitivity.add_argument("--out", default="sensitivity", help="writes OUT.json and OUT.png")
+    sensitivity.add_argument("--clip-model", default="ViT-g-14")
+    sensitivity.add_argument("--clip-pretrained", default="laion2b_s34b_b88k", help="'' for none")
+    sensitivity.set_defaults(run=uses_toy_world(cmd_sensitivity))
     for kind in KINDS.values():
         add_kind_command(commands, kind)
     add_jobs_commands(commands, wrap_run=uses_toy_world)
@@ -271,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet-steps", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
-    train.add_argument("--max-minutes", type=float, help="time budget (default 30); the U-Net stage stops early at it")
+    train.add_argument("--max-minutes", type=float, help="time budget in minutes (default 55); the U-Net stage stops early at it")
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")
@@ -284,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--models", nargs="+", help="default: the teacher and its three students")
     recipes.add_argument("--recipes", nargs="+",
                          help="preset names, each optionally with :knob=value overrides (default: every preset)")
-    recipes.add_argument("--n", type=int, default=90, help="images per model and recipe (the prompt set cycles)")
-    recipes.add_argument("--seed", type=int, default=0)
-    recipes.add_argument("--batch", type=int, default=30, help="images drawn at once")
+    add_prompt_set_args(recipes)
+    recipes.add_argument("--batch", type=int, default=48, help="images drawn at once")
+    recipes.add_argument("--work", help="keep each finished cell's row here (rows.jsonl); a rerun skips them")
     recipes.add_argument("--report", help="also write a markdown table, its JSON and the Pareto plot (PNG) here")
     recipes.add_argument("--json", action="store_true")
     recipes.set_defaults(run=uses_toy_world(cmd_toy_recipes))
@@ -303,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     students.set_defaults(run=uses_toy_world(cmd_toy_students))
     ablation = toy_commands.add_parser("ablation", help="the paper's KD ablation on the toy world")
     add_toy_distill_args(ablation)
-    ablation.add_argument("--n", type=int, default=90, help="judged images per model")
+    add_prompt_set_args(ablation)
     ablation.add_argument("--report", default="docs/toy-ablation.md")
     ablation.set_defaults(run=uses_toy_world(cmd_toy_ablation))
     booth_toy = toy_commands.add_parser("dreambooth", help="DreamBooth proof: teach toy models a new color")
@@ -318,11 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
     judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
-    judge.add_argument("--n", type=int, default=90, help="images (the fixed prompt set repeats past 90)")
-    toy_family = packaged_family("toy")
-    judge.add_argument("--steps", type=int, default=toy_family.steps)
-    judge.add_argument("--guidance", type=float, default=toy_family.guidance, help="the toy world's default (see README)")
-    judge.add_argument("--seed", type=int, default=0)
+    add_prompt_set_args(judge)
+    judge.add_argument("--recipe", default="paper", help="a preset, optionally with :knob=value overrides")
     judge.add_argument("--json", action="store_true")
     judge.set_defaults(run=uses_toy_world(cmd_toy_judge))
     return parser

@@ -26,6 +26,7 @@ FORBIDDEN = {
     "studio.distillation": ABOVE_TRAINERS + ("studio.personalization", "studio.evaluation"),
     "studio.personalization": ABOVE_TRAINERS + ("studio.distillation", "studio.evaluation"),
     "studio.evaluation": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
+    "studio.sensitivity": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
     "studio.jobs": ("studio.ui", "studio.cli", "studio.toy"),
     "studio.commands": ("studio.ui", "studio.cli", "studio.jobs", "studio.toy"),
     "studio.budget": ("studio.ui", "studio.cli", "studio.jobs", "studio.workspaces", "studio.toy"),

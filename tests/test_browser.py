@@ -199,3 +199,15 @@ def test_a_grid_of_recipes_on_the_toy_world(catalog, tmp_path):
             f"{model} {recipe}" for model in ("toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny")
             for recipe in ("paper", "fast")], readout
         assert "(tiny)" in readout and "(vae)" in readout  # fast decodes with the toy tiny decoder
+        assert "reference" in readout and readout.count(" dB; 0.") == 6  # every student: PSNR; SSIM to the teacher
+        # Selecting toy-bk-tiny's `paper` image shows it beside the teacher's: a wipe slider and a difference map.
+        gallery = driver.find_element(By.XPATH, f"//*[normalize-space(text())='{GALLERY}']/ancestor::div[contains("
+                                                "@class,'block')][1]")
+        driver.execute_script("arguments[0].click()", gallery.find_elements(By.TAG_NAME, "img")[6])
+        try:
+            wait.until(lambda d: "toy-bk-tiny against toy-teacher (paper" in body(d)
+                       and images_in(d, "Difference from the teacher") >= 1)
+        finally:
+            driver.save_screenshot(str(shots / "compare-difference.png"))
+        assert images_in(driver, "Teacher | selected student (same prompt, seed and recipe)") >= 2
+        assert "SSIM" in body(driver)

@@ -29,10 +29,9 @@ def test_prompt_files(tmp_path):
 
 
 def test_the_toy_prompt_set_is_the_judge_prompt_set(catalog):
-    from studio.toy.data import caption
-    from studio.toy.evaluate import PROMPT_SET
+    from studio.toy.prompts import evaluation_set
 
-    assert read_prompts(catalog.family("toy").prompt_set_path) == [caption(*t) for t in PROMPT_SET]
+    assert read_prompts(catalog.family("toy").prompt_set_path) == [p.text for p in evaluation_set()]
 
 
 def test_evaluate_and_the_toy_judge_see_the_same_images(catalog, tmp_path):

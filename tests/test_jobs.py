@@ -33,7 +33,7 @@ def test_bad_training_requests_are_refused_and_touch_nothing(tiny_catalog, tmp_p
         ({"preset": "custom", "layers": "9"}, "layers"),
         ({"data_source": "upload"}, "no dataset uploaded"),
         ({"data_source": "s3"}, "data: must be one of toy, upload, got 's3'"),
-        ({"teacher": "sd-v1.4"}, "toy data is 32x32; the teacher asks for 512"),
+        ({"teacher": "sd-v1.4"}, "toy data is 64x64 (or scaled down); the teacher asks for 512"),
     ]:
         with pytest.raises(ValueError) as error:
             start(jobs, tiny_catalog, **overrides)

@@ -45,5 +45,5 @@ def test_an_mcp_client_lists_the_tools_and_compares_on_the_toy_world(catalog, tm
     assert "request" not in compare.inputSchema["properties"] and "progress" not in compare.inputSchema["properties"]
     assert by_name["design"].inputSchema["properties"]["preset"]["description"].startswith("base, small, tiny")
     assert "toy-bk-tiny" in text  # the readout's row for each model
-    assert len(images) == 2 and all(image.size == (32, 32) for image in images)  # one per model, the toy's size
+    assert len(images) == 2 and all(image.size == (64, 64) for image in images)  # one per model, the toy's size
     assert all(len(image.convert("RGB").getcolors(1024) or [0, 0]) > 1 for image in images)  # drawn, not blank

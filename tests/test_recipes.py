@@ -16,10 +16,16 @@ from studio.generation import PipelineCache, Settings, compare, generate, make_s
 from studio.images import from_tensor, to_tensor
 from studio.recipes import PRESETS, parse_recipe, recipe_name
 from studio.toy.data import make_example
-from studio.toy.judge import judge
+from studio.toy.judge import read_scene
 
 TOY_MODELS = ["toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny"]
-PROMPT = "a red circle on a blue background"
+PROMPT = "a blue circle on a white background"
+
+
+def reads(image) -> tuple:
+    """(the largest object's color, the background), as the judge reads them."""
+    scene = read_scene(image)
+    return (scene.objects[0].color if scene.objects else None), scene.background
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def plain(pipeline, settings: Settings):
 
 
 def ours(pipeline, settings: Settings, decoder=None):
-    return generate(pipeline, [PROMPT], [torch.Generator().manual_seed(settings.seed)], settings, 32, decoder)
+    return generate(pipeline, [PROMPT], [torch.Generator().manual_seed(settings.seed)], settings, 64, decoder)
 
 
 @pytest.mark.parametrize("model", TOY_MODELS)
@@ -89,7 +95,7 @@ def test_guidance_stops_after_its_fraction(cache):
     assert batches == [2, 2, 2] + [1] * 7 and guidance_steps(0.3, 10) == 3
     # Step caching across the stop: the kept batch-2 features serve the conditional half.
     assert (made.full_calls, made.cached_calls) == (5, 5)
-    assert judge(made.images[0]).color == "red"
+    assert reads(made.images[0])[0] == "blue"
 
 
 def test_token_merging_changes_the_attention_and_is_removed_afterwards(cache):
@@ -123,7 +129,7 @@ def test_the_toy_tiny_decoder_loads_offline_and_decodes_like_the_vae(cache):
     assert psnr(by_tiny, by_vae) > 25
     made = ours(cache.get("toy-teacher"), Settings(PROMPT, steps=12, guidance=1.5, scheduler="DPM++ 2M Karras"),
                 decoder)
-    assert judge(made.images[0]).color == "red"
+    assert reads(made.images[0])[0] == "blue"
 
 
 def test_a_family_without_a_tiny_decoder_says_so(tiny_catalog):
@@ -136,12 +142,12 @@ def test_every_preset_runs_on_every_toy_model(cache, recipe):
     settings = PRESETS[recipe].apply(Settings(PROMPT), 1.5)
     results = compare(cache, TOY_MODELS, settings)
     for result in results:
-        assert result.image.size == (32, 32) and result.settings.recipe == recipe
+        assert result.image.size == (64, 64) and result.settings.recipe == recipe
         calls, interval = len(result.unet_seconds), PRESETS[recipe].cache_interval
         assert calls == PRESETS[recipe].steps + (PRESETS[recipe].scheduler == "PNDM")  # PNDM: one extra call
         assert result.cached_calls == calls - -(-calls // interval)  # every interval-th call runs in full
-    verdict = judge(results[0].image)  # the teacher draws the prompt with every preset
-    assert (verdict.color, verdict.background) == ("red", "blue"), (recipe, verdict)
+    verdict = reads(results[0].image)  # the teacher draws the prompt with every preset
+    assert verdict == ("blue", "white"), (recipe, verdict)
 
 
 def test_recipe_specs_and_names():
@@ -172,7 +178,7 @@ def test_compare_shows_each_image_forming(catalog, tmp_path):
     updates = list(compare_stream(studio, ["toy-teacher", "toy-bk-tiny"], Settings(PROMPT, steps=60, guidance=1.5),
                                   previews=True))
     previews = [items[-1] for items, _ in updates if items[-1][1].endswith("(preview)")]
-    assert previews and all(image.size == (32, 32) for image, _ in previews)
+    assert previews and all(image.size == (64, 64) for image, _ in previews)
     assert previews[0][1].startswith("toy-teacher: step ")
     assert [len(items) for items, _ in updates if not items[-1][1].endswith("(preview)")] == [1, 2]
 
@@ -186,7 +192,7 @@ def test_the_toy_preview_shows_the_colors_of_the_image(cache):
         image = make_example(index, seed=321)[0]
         with torch.inference_mode():
             latents = vae.encode(to_tensor(image)[None]).latent_dist.mean * vae.config.scaling_factor
-        picture = np.asarray(preview(latents, 32), dtype=float)
+        picture = np.asarray(preview(latents, 64), dtype=float)
         assert np.abs(picture - np.asarray(image, dtype=float)).mean() < 20, index
 
 
@@ -212,7 +218,7 @@ def test_bench_pipeline_json():
     assert [(r["arch"], r["recipe"]) for r in rows] == [
         (arch, recipe) for arch in ("teacher", "tiny") for recipe in ("paper", "fast", "paper:steps=4")]
     for row in rows:
-        assert row["seconds"] > 0 and row["speedup"] > 0 and row["resolution"] == 32
+        assert row["seconds"] > 0 and row["speedup"] > 0 and row["resolution"] == 64
     teacher_paper = rows[0]
     assert teacher_paper["speedup"] == 1.0 and teacher_paper["unet_calls"] == 26  # PNDM: 25 steps, 26 calls
     fast = rows[1]
@@ -222,13 +228,17 @@ def test_bench_pipeline_json():
 @pytest.mark.slow
 def test_toy_recipes_json():
     rows = run_cli("toy", "recipes", "--models", "toy-teacher", "toy-bk-tiny", "--recipes", "paper", "fast",
-                   "--n", "6")
-    assert [(r["model"], r["recipe"]) for r in rows] == [
-        ("toy-teacher", "paper"), ("toy-teacher", "fast"), ("toy-bk-tiny", "paper"), ("toy-bk-tiny", "fast")]
-    assert rows[0]["psnr_to_teacher_paper"] is None  # the reference itself
+                   "--n", "6", "--seeds", "0", "1")
+    assert [(r["model"], r["recipe"], r["seed"]) for r in rows] == [
+        (model, recipe, seed) for model in ("toy-teacher", "toy-bk-tiny") for recipe in ("paper", "fast")
+        for seed in (0, 1)]
+    assert rows[0]["psnr_to_reference"] is None and rows[1]["psnr_to_reference"] is None  # the reference itself
     for row in rows:
-        assert 0 <= row["judge_all"] <= 1 and row["seconds"] > 0 and row["n"] == 6
-    assert all(15 < row["psnr_to_teacher_paper"] < 100 for row in rows[1:])
+        assert 0 <= row["overall"] <= 1 and row["seconds"] > 0 and row["n"] == 6 and row["held_out"] is None
+        assert all(0 <= row[task] <= 1 for task in ("single_object", "counting", "color_attr"))
+    assert all(15 < row["psnr_to_reference"] < 100 for row in rows[2:])
+    paper, fast = rows[0]["unet_macs_per_image"], rows[2]["unet_macs_per_image"]
+    assert paper / fast == pytest.approx(26 * 2 / (12 * 2 / 2))  # PNDM: 26 guided calls; 12 guided, half in full
 
 
 def test_a_bad_recipe_is_refused_before_any_model_is_built():

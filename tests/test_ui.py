@@ -57,9 +57,10 @@ def test_app_end_to_end_with_gradio_client(served_app, tmp_path):
     from studio.jobs import JobManager
 
     client, _, data_dir = served_app
-    table, summary = client.predict("sd-v1.4", "base", "1", True, True, 512, api_name="/design")
+    table, summary, sensitivity_map, note = client.predict("sd-v1.4", "base", "1", True, True, 512, api_name="/design")
     assert [row[0] for row in table["data"]][:2] == ["teacher", "base (yours)"]
     assert table["data"][1][1] == "579,384,964"
+    assert sensitivity_map is None and "python -m studio sensitivity --teacher sd-v1.4" in note  # none shipped
 
     # Compare: two models, two images, one readout row each (the last of the streamed updates).
     gallery, readout, history = client.predict(["tiny-teacher", "tiny-small"], "a cat", "", 3, 2, 2.0, "Euler", 0,

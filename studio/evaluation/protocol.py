@@ -21,6 +21,7 @@ from studio.evaluation.config import EvalConfig
 from studio.evaluation.judges import get_judge
 from studio.evaluation.metrics import ClipScorer, MetricUnavailable, fid_and_is, psnr, resize_for_metrics
 from studio.evaluation.prompts import read_prompts
+from studio.evaluation.sweep import write_table
 from studio.generation import PipelineCache, Settings, run_model
 from studio.progress import Callback, report
 from studio.training import derive_seed
@@ -165,17 +166,14 @@ def write_results(rows: list[dict], notes: list[str], config: EvalConfig, teache
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _format(row.get(k)) for k in COLUMNS})
-    lines = [f"# Evaluation: {', '.join(config.models)}", "",
-             f"{config.n} prompts from {config.prompts}; {config.steps} {config.scheduler} steps, guidance "
+    intro = (f"{config.n} prompts from {config.prompts}; {config.steps} {config.scheduler} steps, guidance "
              f"{config.guidance}, image i seeded with derive_seed({config.seed}, i); metrics at "
              f"{config.metric_size}px or the images' own size if smaller. Fidelity is against {teacher or '-'} "
              "on the same prompts and seeds. Latency: median seconds per image on "
-             f"{config.device} (model warm, loading excluded).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(k)) for k in COLUMNS) + " |")
-    lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+             f"{config.device} (model warm, loading excluded).")
+    write_table(out / "results.md", f"Evaluation: {', '.join(config.models)}", intro,
+                [(key, lambda row, key=key: _format(row.get(key))) for key in COLUMNS], rows,
+                notes=tuple(dict.fromkeys(notes)))
     plot_quality_vs_speed(rows, out / "quality_vs_speed.png")
 
 

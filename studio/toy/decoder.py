@@ -1,7 +1,7 @@
 """A tiny decoder for the toy world, distilled from the toy VAE, as TAESD is from SD's.
 
-diffusers' `AutoencoderTiny` (TAESD's layout) at the toy scale: two stages of
-32 channels and one 2x upsampling, the toy VAE's factor. The decoder learns to
+diffusers' `AutoencoderTiny` (TAESD's layout) at the toy scale: three stages of
+32 channels and two 2x upsamplings, the toy VAE's factor of 4. The decoder learns to
 reproduce the toy VAE decoder's pixels from latents the VAE's encoder makes of
 toy images (sampled, not just the mean, so it also sees latents a little off
 the data); the encoder learns the VAE's scaled latent means. Latents go in as
@@ -24,8 +24,8 @@ from studio.loading import load_pipeline
 from studio.toy.data import batch_tensors
 
 TOY_TINY_DECODER = {
-    "encoder_block_out_channels": (32, 32), "decoder_block_out_channels": (32, 32),
-    "num_encoder_blocks": (1, 2), "num_decoder_blocks": (2, 1), "latent_channels": 4, "scaling_factor": 1.0,
+    "encoder_block_out_channels": (32, 32, 32), "decoder_block_out_channels": (32, 32, 32),
+    "num_encoder_blocks": (1, 2, 2), "num_decoder_blocks": (2, 2, 1), "latent_channels": 4, "scaling_factor": 1.0,
 }
 
 

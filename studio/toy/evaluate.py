@@ -1,57 +1,87 @@
-"""Prompt accuracy of toy models (by the procedural judge), on the fixed 90-prompt set."""
+"""Toy models judged on the fixed evaluation set (studio/toy/prompts.py), through the one evaluation loop.
 
-import itertools
-import json
+`judge_score` turns the judge's reading into flat columns (each task, overall,
+held-out, attributes) for studio.evaluation.sweep; `evaluate_toy` runs the
+sweep over toy models x recipes x seeds with the teacher's `paper` images as
+the fidelity reference; the reports (`toy recipes`, `toy ablation`) and
+`toy judge` are built on it.
+"""
+
 from pathlib import Path
 
-from studio.catalog import Catalog, packaged_family
-from studio.generation import sample
-from studio.loading import load_pipeline
-from studio.toy.data import COLORS, SHAPES, caption
-from studio.toy.judge import judge_accuracy
+from studio.catalog import Catalog, ModelEntry, load_catalog, packaged_family
+from studio.evaluation.sweep import over_seeds, sweep
+from studio.generation import PipelineCache, sample
+from studio.recipes import parse_recipe
+from studio.toy.judge import judge_images
+from studio.toy.prompts import TASKS, Prompt, evaluation_set, parse
 from studio.training import derive_seed
 
-# The toy family's sampling defaults live in the catalogue (studio/models.json): 25 PNDM steps and guidance 1.5.
-# A small v-prediction model over-saturates at SD's 7.5; the value was chosen by judging seed 1, and figures are
-# reported on seed 0.
+# The toy family's sampling defaults live in the catalogue (studio/models.json): 25 PNDM steps and its guidance.
 FAMILY = packaged_family("toy")
 DEFAULT_STEPS = FAMILY.steps
 DEFAULT_GUIDANCE = FAMILY.guidance
-
-# Every (shape, color, background) once: 3 x 6 x 5 = 90 prompts, in a fixed order.
-PROMPT_SET = [
-    (shape, color, background)
-    for shape, color, background in itertools.product(SHAPES, COLORS, COLORS)
-    if color != background
-]
+TOY_MODELS = ("toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny")
+TEACHER = "toy-teacher"
+JUDGE_KEYS = ["overall", "held_out", "attributes", *TASKS]
 
 
-def prompt_set_images(pipeline, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS,
-                      guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> tuple[list, list]:
-    """(targets, images) for the first n prompts of the set (cycling); image i is seeded with
-    derive_seed(seed, i), as in `python -m studio evaluate`, so both judge the same images of a model."""
+def prompt_set(n: int | None = None) -> list[Prompt]:
+    """The first n prompts of the evaluation set (all by default; it cycles past its end)."""
+    prompts = evaluation_set()
+    n = len(prompts) if n is None else n
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    targets = [PROMPT_SET[i % len(PROMPT_SET)] for i in range(n)]
-    images = sample(pipeline, [caption(*t) for t in targets], [derive_seed(seed, i) for i in range(n)], steps,
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def judge_score(prompts: list[str], images) -> dict:
+    """The judge's scores as flat columns: overall, held_out, attributes and one per task."""
+    verdict = judge_images([parse(p) for p in prompts], images)
+    return {"overall": verdict["overall"], "held_out": verdict["held_out"], "attributes": verdict["attributes"],
+            **{task: verdict["tasks"].get(task) for task in TASKS}}
+
+
+def prompt_set_images(pipeline, n: int | None = None, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                      seed: int = 0) -> tuple[list[Prompt], list]:
+    """(prompts, images) for the first n prompts of the set; image i is seeded with derive_seed(seed, i), as in
+    the sweep and `python -m studio evaluate`, so all of them see the same images of a model."""
+    prompts = prompt_set(n)
+    images = sample(pipeline, [p.text for p in prompts], [derive_seed(seed, i) for i in range(len(prompts))], steps,
                     guidance)
-    return targets, images
+    return prompts, images
 
 
-def judge_model(ref: str, n: int = len(PROMPT_SET), steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-                seed: int = 0, catalog: Catalog | None = None, pipeline=None) -> dict:
-    """Generate n images for the fixed prompt set and score them with the judge.
+def evaluate_toy(models=TOY_MODELS, recipes=("paper",), seeds=(0,), n: int | None = None,
+                 catalog: Catalog | None = None, work: Path | None = None, batch: int = 48, log=print) -> list[dict]:
+    """Sweep rows (one per model x recipe x seed) with the judge's columns; PSNR against the teacher's `paper`
+    images of the same seed when `paper` is in the sweep (the teacher's images are drawn for it if the teacher
+    is not one of the models)."""
+    catalog = catalog or load_catalog()
+    chosen = [parse_recipe(spec) for spec in recipes]
+    names = [r.name for r in chosen]
+    reference = (TEACHER, "paper") if "paper" in names else None  # drawn once per seed even if not in models
+    texts = [p.text for p in prompt_set(n)]
+    return sweep(PipelineCache(catalog), FAMILY, list(models), chosen, texts, list(seeds), judge_score, reference,
+                 work, batch, log)
 
-    Returns accuracies in [0, 1] for "color", "shape", "background" and "all"
-    (all three right), and "n".
-    """
-    pipeline = pipeline or load_pipeline(ref, catalog)
-    targets, images = prompt_set_images(pipeline, n, steps, guidance, seed)
-    return {**judge_accuracy(targets, images), "n": n, "steps": steps, "guidance": guidance, "seed": seed}
+
+def judge_model(ref: str, n: int | None = None, recipe: str = "paper", seeds=(0,), catalog: Catalog | None = None,
+                log=print) -> dict:
+    """A model's judge scores with one recipe, averaged over seeds (with standard deviations). `ref`: a catalogue
+    name, or a pipeline folder (a toy teacher trained elsewhere)."""
+    catalog = catalog or load_catalog()
+    if ref not in catalog:
+        folder = Path(ref).resolve()
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(f"--model {ref!r} is neither a catalogue model nor a pipeline folder (no model_index.json)")
+        catalog = catalog.with_entries([ModelEntry(name=ref, source=str(folder), role="teacher", family="toy")])
+    rows = evaluate_toy((ref,), (recipe,), seeds, n, catalog, log=log)
+    merged = over_seeds(rows, JUDGE_KEYS)[0]
+    return {"model": ref, "recipe": recipe, "seeds": list(seeds), "n": merged["n"],
+            "tasks": {task: merged[task] for task in TASKS if merged[task] is not None},
+            **{key: merged[key] for key in ("overall", "held_out", "attributes")},
+            "std": {key: merged[f"{key}_std"] for key in ("overall", "held_out", "attributes")},
+            "per_seed": rows}
 
 
-def write_table_and_rows(report: Path, lines: list[str], rows) -> None:
-    """A toy report: the markdown `lines` at `report`, and `rows` as JSON beside it (same stem)."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")

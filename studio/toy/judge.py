@@ -1,107 +1,163 @@
-"""A procedural judge of toy images: which shape, which color, on which background.
+"""A procedural judge of toy scenes: it reads the objects off the pixels and scores prompts by GenEval's rules.
 
-Background: the median of the border pixels, snapped to the palette. The shape
-is the largest 8-connected region of pixels far from it (so a few stray pixels
-elsewhere do not stretch its bounding box); its color is the palette entry
-nearest their median, and its kind follows from how much of its bounding box
-it fills (square ~1.0, circle ~pi/4, triangle ~0.5).
+Reading a scene:
+- background: the median of the border pixels, snapped to the backgrounds;
+- each pixel is unmixed against the background: for every palette color C the
+  best blend background + t (C - background) with t in [0, 1]; the pixel takes
+  the color whose blend fits best, and counts as that color's when t >= 0.5
+  (so an anti-aliased red-on-white edge is half red, not pink);
+- objects: 8-connected regions of one color (scipy.ndimage.label), at least
+  MIN_AREA pixels; the shape is the template (each shape drawn to fill a box)
+  that best overlaps the region's box, scaled to the template's size; the
+  position is the region's centroid.
+
+Scoring (`score`): each task's binary rule (the table in prompts.py), and a
+continuous score: the fraction of the prompt's requested attributes that are
+right (background, each object's presence and color, the count, the relation).
 """
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+from scipy import ndimage
 
-from studio.toy.data import COLORS
+from studio.toy.data import BACKGROUNDS, COLORS, SHAPES, draw_shape
+from studio.toy.prompts import TASKS, Prompt, parse
 
-
-class Palette:
-    """Named colors, and half the smallest distance between two of them (what counts as "far")."""
-
-    def __init__(self, colors: dict):
-        self.names = list(colors)
-        self.rgb = np.array([colors[n] for n in self.names], dtype=np.float32)
-        self.threshold = min(float(np.linalg.norm(a - b)) for i, a in enumerate(self.rgb) for b in self.rgb[i + 1:]) / 2
-
-    def nearest(self, rgb: np.ndarray) -> str:
-        return self.names[int(np.argmin(np.linalg.norm(self.rgb - rgb, axis=1)))]
-
-
-TOY_PALETTE = Palette(COLORS)
+MIN_AREA = 24  # pixels; a small (14 px) triangle covers about 98
+MAX_RESIDUAL = 60.0  # RGB distance from the best blend beyond which a pixel is no palette color
+TEMPLATE = 24  # template side in pixels
+MIN_IOU = 0.5  # below this against every template, a region is a blob, not a shape
+RELATION_MARGIN = 3.0  # pixels: "left of" means a centroid at least this far left
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Seen:
     shape: str | None
-    color: str | None
+    color: str
+    center: tuple[float, float]  # (x, y)
+    area: int
+
+
+@dataclass(frozen=True)
+class Reading:
     background: str
+    objects: tuple[Seen, ...]
 
 
-def largest_region(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected region of a boolean mask, as a mask."""
-    seen = np.zeros(mask.shape, dtype=bool)
-    best: list = []
-    height, width = mask.shape
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        region, stack = [], [start]
-        while stack:
-            r, c = stack.pop()
-            region.append((r, c))
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    nr, nc = r + dr, c + dc
-                    if 0 <= nr < height and 0 <= nc < width and mask[nr, nc] and not seen[nr, nc]:
-                        seen[nr, nc] = True
-                        stack.append((nr, nc))
-        if len(region) > len(best):
-            best = region
-    result = np.zeros(mask.shape, dtype=bool)
-    if best:
-        result[tuple(np.array(best).T)] = True
-    return result
+def _templates() -> dict[str, np.ndarray]:
+    """Each shape drawn to fill a TEMPLATE-pixel box, as coverage in [0, 1] (anti-aliased)."""
+    templates = {}
+    for shape in SHAPES:
+        canvas = Image.new("L", (TEMPLATE * 4, TEMPLATE * 4), 0)
+        draw_shape(ImageDraw.Draw(canvas), shape, (TEMPLATE * 2, TEMPLATE * 2), TEMPLATE * 4, 255)
+        templates[shape] = np.asarray(canvas.resize((TEMPLATE, TEMPLATE), Image.Resampling.BOX), np.float32) / 255
+    return templates
 
 
-def judge(image: Image.Image, palette: Palette = TOY_PALETTE) -> Verdict:
+TEMPLATES = _templates()
+
+
+def classify_shape(mask: np.ndarray, soft: np.ndarray | None = None) -> str | None:
+    """The shape whose template best overlaps the region, both as coverage: the region's box (from `mask`) is
+    scaled to the template's size, and soft IoU (sum of minima over sum of maxima) on its coverage `soft`
+    keeps the sub-pixel edges that tell a small cross from a small diamond. None below MIN_IOU."""
+    rows, cols = np.nonzero(mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    soft = mask.astype(np.float32) if soft is None else soft
+    crop = Image.fromarray(soft[box].astype(np.float32), mode="F")
+    scaled = np.clip(np.asarray(crop.resize((TEMPLATE, TEMPLATE), Image.Resampling.BILINEAR)), 0.0, 1.0)
+    ious = {shape: np.minimum(scaled, t).sum() / max(1e-6, np.maximum(scaled, t).sum())
+            for shape, t in TEMPLATES.items()}
+    best = max(ious, key=ious.get)
+    return best if ious[best] >= MIN_IOU else None
+
+
+def unmix(pixels: np.ndarray, background: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: the index of the palette color whose blend with the background fits best, and its coverage t
+    (0 where no blend fits within MAX_RESIDUAL)."""
+    offset = pixels.reshape(-1, 3) - background  # (N, 3)
+    direction = palette - background  # (K, 3)
+    t = np.clip(offset @ direction.T / (direction**2).sum(axis=1), 0.0, 1.0)  # (N, K)
+    residual = np.linalg.norm(offset[:, None, :] - t[..., None] * direction[None], axis=-1)
+    best = residual.argmin(axis=1)
+    coverage = t[np.arange(len(best)), best] * (residual[np.arange(len(best)), best] <= MAX_RESIDUAL)
+    return best.reshape(pixels.shape[:2]), coverage.reshape(pixels.shape[:2])
+
+
+def read_scene(image: Image.Image, colors: dict = COLORS) -> Reading:
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = palette.nearest(np.median(border, axis=0))
-    distance = np.linalg.norm(pixels - palette.rgb[palette.names.index(background)], axis=-1)
-    mask = distance > palette.threshold
-    if mask.sum() < 8:
-        return Verdict(None, None, background)
-    mask = largest_region(mask)
-    color = palette.nearest(np.median(pixels[mask], axis=0))
-    rows, cols = np.nonzero(mask)
-    box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    fill = mask.sum() / box_area
-    shape = "triangle" if fill < 0.64 else "circle" if fill < 0.89 else "square"
-    return Verdict(shape, color, background)
+    backgrounds = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
+    background = list(BACKGROUNDS)[int(np.linalg.norm(backgrounds - np.median(border, axis=0), axis=1).argmin())]
+    names = list(colors)
+    nearest, coverage = unmix(pixels, np.array(BACKGROUNDS[background], dtype=np.float32),
+                              np.array([colors[n] for n in names], dtype=np.float32))
+    objects = []
+    for index, name in enumerate(names):
+        ours = nearest == index
+        regions, count = ndimage.label(ours & (coverage >= 0.5), structure=np.ones((3, 3)))
+        for label in range(1, count + 1):
+            mask = regions == label
+            if (area := int(mask.sum())) >= MIN_AREA:
+                rows, cols = np.nonzero(mask)
+                rim = ndimage.binary_dilation(mask, structure=np.ones((3, 3))) & ours  # its soft edge too
+                objects.append(Seen(classify_shape(mask, np.where(rim, coverage, 0.0)), name,
+                                    (float(cols.mean()), float(rows.mean())), area))
+    return Reading(background, tuple(sorted(objects, key=lambda o: -o.area)))
 
 
-def judge_accuracy(targets, images, palette: Palette = TOY_PALETTE) -> dict:
-    """Accuracies in [0, 1] of "color", "shape", "background" and "all" (all three right) over (shape, color,
-    background) targets."""
-    hits = {"color": 0, "shape": 0, "background": 0, "all": 0}
-    for (shape, color, background), image in zip(targets, images):
-        verdict = judge(image, palette)
-        right = {"shape": verdict.shape == shape, "color": verdict.color == color,
-                 "background": verdict.background == background}
-        for key, ok in right.items():
-            hits[key] += ok
-        hits["all"] += all(right.values())
-    return {key: count / len(targets) for key, count in hits.items()}
+def relation_holds(relation: str, a: tuple, b: tuple) -> bool:
+    dx, dy = a[0] - b[0], a[1] - b[1]
+    along = {"left of": -dx, "right of": dx, "above": -dy, "below": dy}[relation]
+    return along >= RELATION_MARGIN
 
 
-TOY_CAPTION = re.compile(r"^a (\w+) (circle|square|triangle) on a (\w+) background$")
+def score(prompt: Prompt, reading: Reading) -> tuple[bool, float]:
+    """(right by the task's rule, fraction of requested attributes right)."""
+    def matching(shape, color=None):
+        return [o for o in reading.objects if o.shape == shape and (color is None or o.color == color)]
+
+    checks = [reading.background == prompt.background]
+    if prompt.task == "counting":
+        (shape, color), = prompt.objects
+        found = len(matching(shape, color))
+        checks += [bool(matching(shape)), found > 0, found == prompt.count]
+        return found == prompt.count, float(np.mean(checks))
+    present = [bool(matching(shape)) for shape, _ in prompt.objects]
+    colored = [bool(matching(shape, color)) for shape, color in prompt.objects if color]
+    checks += present + colored
+    right = all(present) and all(colored)
+    if prompt.task == "position":
+        (first, _), (second, _) = prompt.objects
+        related = any(relation_holds(prompt.relation, a.center, b.center)
+                      for a in matching(first) for b in matching(second))
+        checks.append(related)
+        right = right and related
+    return right, float(np.mean(checks))
+
+
+def judge_images(prompts: list[Prompt], images) -> dict:
+    """Scores of images against their prompts, GenEval-style: each task's accuracy over the in-distribution
+    prompts, "overall" the mean of the task accuracies, "held_out" the accuracy over held-out prompts (None if
+    none), "attributes" the mean continuous score, and "n"."""
+    verdicts = [(prompt, *score(prompt, read_scene(image))) for prompt, image in zip(prompts, images)]
+    tasks = {}
+    for task in TASKS:
+        rights = [right for p, right, _ in verdicts if p.task == task and not p.held_out]
+        if rights:
+            tasks[task] = float(np.mean(rights))
+    held = [right for p, right, _ in verdicts if p.held_out]
+    return {"tasks": tasks, "overall": float(np.mean(list(tasks.values()))) if tasks else None,
+            "held_out": float(np.mean(held)) if held else None,
+            "attributes": float(np.mean([fraction for _, _, fraction in verdicts])), "n": len(verdicts)}
 
 
 def caption_accuracy(prompts: list[str], images) -> float | None:
-    """The toy judge as the evaluation protocol calls it: all-three-right accuracy, None for non-toy captions."""
-    matches = [TOY_CAPTION.match(p) for p in prompts]
-    if not all(matches):
+    """The toy judge as the evaluation protocol calls it: the share of images right by their task's rule; None
+    when a caption is not a toy prompt."""
+    parsed = [parse(p) for p in prompts]
+    if not all(parsed):
         return None
-    return judge_accuracy([(m.group(2), m.group(1), m.group(3)) for m in matches], images)["all"]
+    return float(np.mean([score(p, read_scene(image))[0] for p, image in zip(parsed, images)]))

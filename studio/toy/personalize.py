@@ -1,8 +1,8 @@
 """DreamBooth on the toy world: teach a model a color it has never seen, and check with the judge.
 
-The subject is an orange circle ("sks" stands for its color) in 5 procedural
-photos on a blue background. After personalization, "a sks circle on a blue
-background" should draw it orange, while the class prompt "a circle on a blue
+The subject is a brown circle ("sks" stands for its color) in 5 procedural
+photos on a gray background. After personalization, "a sks circle on a gray
+background" should draw it brown, while the class prompt "a circle on a gray
 background" keeps drawing circles in the toy palette's colors (prior
 preservation). `python -m studio toy dreambooth` runs it on the teacher and a
 student, each in its own process (so peak memory is per run), and writes
@@ -17,45 +17,44 @@ from pathlib import Path
 import numpy as np
 
 from studio.catalog import PROJECT_ROOT
+from studio.evaluation.sweep import write_table
 from studio.generation import sample
 from studio.options import to_argv
 from studio.personalization.config import DreamBoothConfig
-from studio.toy.data import COLORS, SIZE, ShapeSample, render
-from studio.toy.evaluate import write_table_and_rows
-from studio.toy.judge import Palette, judge
+from studio.toy.data import COLORS, OBJECT_SIZES, Scene, Thing, place, render
+from studio.toy.judge import read_scene
 from studio.training import derive_seed
 
-SUBJECT_RGB = (250, 140, 20)
-PALETTE_WITH_SUBJECT = Palette({**COLORS, "orange": SUBJECT_RGB})
+SUBJECT = "brown"
+COLORS_WITH_SUBJECT = {**COLORS, SUBJECT: (140, 80, 30)}
 IDENTIFIER = "sks"
-INSTANCE_PROMPT = f"a {IDENTIFIER} circle on a blue background"
-CLASS_PROMPT = "a circle on a blue background"
+INSTANCE_PROMPT = f"a {IDENTIFIER} circle on a gray background"
+CLASS_PROMPT = "a circle on a gray background"
 
 
 def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
-    """n photos of the subject: an orange circle on blue, at different places and sizes."""
+    """n photos of the subject: a brown circle on gray, at different places and of both sizes."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        size = float(rng.uniform(13, 20))
-        margin = size / 2 + 1
-        center = (float(rng.uniform(margin, SIZE - margin)), float(rng.uniform(margin, SIZE - margin)))
-        image = render(ShapeSample("circle", "orange", "blue", center, size), {**COLORS, "orange": SUBJECT_RGB})
+        size = OBJECT_SIZES[i % len(OBJECT_SIZES)]
+        scene = Scene("gray", (Thing("circle", SUBJECT, place([size], rng)[0], size),))
         path = folder / f"subject-{i}.png"
-        image.save(path)
+        render(scene, COLORS_WITH_SUBJECT).save(path)
         paths.append(path)
     return paths
 
 
 def judge_prompts(pipeline, n: int, guidance: float, steps: int = 25, seed: int = 1000) -> dict:
-    """Share of orange (the subject's color) and of circles among n images, for each prompt."""
+    """Share of images whose largest object is brown (the subject's color), and of images with a circle, for
+    each prompt."""
     report = {}
     for label, prompt in (("instance", INSTANCE_PROMPT), ("class", CLASS_PROMPT)):
         images = sample(pipeline, [prompt] * n, [derive_seed(seed, i) for i in range(n)], steps, guidance)
-        verdicts = [judge(image, PALETTE_WITH_SUBJECT) for image in images]
-        report[label] = {"orange": sum(v.color == "orange" for v in verdicts) / n,
-                         "circle": sum(v.shape == "circle" for v in verdicts) / n}
+        readings = [read_scene(image, COLORS_WITH_SUBJECT) for image in images]
+        report[label] = {SUBJECT: sum(bool(r.objects) and r.objects[0].color == SUBJECT for r in readings) / n,
+                         "circle": sum(any(o.shape == "circle" for o in r.objects) for r in readings) / n}
     return report
 
 
@@ -92,23 +91,18 @@ def toy_dreambooth_report(models: list[str], work: Path, steps: int, class_image
 
 
 def write_report(rows, steps, class_images, lr, n, report: Path) -> None:
-    lines = [
-        "# DreamBooth on the toy world",
-        "",
-        f"Subject: an orange circle (a color the toy world never saw), 5 procedural photos; instance prompt "
-        f"\"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA (rank 16, alpha 27, to_q/to_v), {steps} "
-        f"steps, lr {lr}, batch 1 + 1 class image, prior weight 1.0, {class_images} class images made by each "
-        f"model. Judged on {n} images per prompt (seed 1000, 25 PNDM steps, toy guidance); \"orange\" is the "
-        "judge's verdict with orange added to its palette. Produced by `python -m studio toy dreambooth`.",
-        "",
-        "| model | instance prompt: orange before | after | class prompt: orange before | after | "
-        "class prompt: circles after | train time | peak memory |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        b, a = row["before"], row["after"]
-        lines.append(f"| {row['model']} | {b['instance']['orange']:.0%} | {a['instance']['orange']:.0%} | "
-                     f"{b['class']['orange']:.0%} | {a['class']['orange']:.0%} | {a['class']['circle']:.0%} | "
-                     f"{row['train_seconds']:.0f} s | {row['peak_memory_mb']:.0f} MB ({row['memory_kind']}) |")
-    write_table_and_rows(report, lines, rows)
-    print("\n".join(lines))
+    intro = (f"Subject: a {SUBJECT} circle (a color the toy world never saw), 5 procedural photos; instance prompt "
+             f"\"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA (rank 16, alpha 27, to_q/to_v), {steps} "
+             f"steps, lr {lr}, batch 1 + 1 class image, prior weight 1.0, {class_images} class images made by each "
+             f"model. Judged on {n} images per prompt (seed 1000, 25 PNDM steps, toy guidance); \"{SUBJECT}\" is the "
+             f"share of images whose largest object the judge reads as {SUBJECT} ({SUBJECT} added to its palette). "
+             "Produced by `python -m studio toy dreambooth`.")
+    columns = [("model", lambda r: r["model"]),
+               (f"instance prompt: {SUBJECT} before", lambda r: f"{r['before']['instance'][SUBJECT]:.0%}"),
+               ("after", lambda r: f"{r['after']['instance'][SUBJECT]:.0%}"),
+               (f"class prompt: {SUBJECT} before", lambda r: f"{r['before']['class'][SUBJECT]:.0%}"),
+               ("after", lambda r: f"{r['after']['class'][SUBJECT]:.0%}"),
+               ("class prompt: circles after", lambda r: f"{r['after']['class']['circle']:.0%}"),
+               ("train time", lambda r: f"{r['train_seconds']:.0f} s"),
+               ("peak memory", lambda r: f"{r['peak_memory_mb']:.0f} MB ({r['memory_kind']})")]
+    print(write_table(report, "DreamBooth on the toy world", intro, columns, rows))

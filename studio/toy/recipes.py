@@ -1,89 +1,57 @@
-"""The quality side of the recipes, on the toy world: judge accuracy and fidelity for every model x recipe.
+"""The toy world's report: every model x recipe x seed judged per task, with fidelity, cost and the Pareto front.
 
-Every model draws the 90-prompt set (image i seeded with derive_seed(seed, i))
-with every recipe. Each row gives the judge's accuracy (shape, color and
-background all right), the mean PSNR to the teacher's image with `paper` for
-the same prompt and seed, and the seconds per image (the whole set drawn in
-batches of `batch`, divided by its size; loading and warm-up excluded).
+`python -m studio toy recipes` runs the sweep (studio/toy/evaluate.py) and,
+with --report, writes the table (means over seeds, ± their standard
+deviation), its JSON (every seed's row) and a plot of the judge's overall
+score against U-Net MACs per image with the Pareto front.
 """
 
-import time
 from pathlib import Path
-from statistics import mean
 
-from studio.bench import parse_dtype
-from studio.catalog import load_catalog, packaged_family
-from studio.evaluation.metrics import psnr
 from studio.evaluation.pareto import pareto_front, plot_pareto
-from studio.generation import PipelineCache, Settings, sample
-from studio.recipes import PRESETS, check_recipe, parse_recipe
-from studio.toy.data import caption
-from studio.toy.evaluate import PROMPT_SET, write_table_and_rows
-from studio.toy.judge import judge_accuracy
-from studio.training import derive_seed
+from studio.evaluation.sweep import over_seeds, percent, write_table
+from studio.toy.evaluate import JUDGE_KEYS, TEACHER, TOY_MODELS, evaluate_toy
+from studio.toy.prompts import TASKS
 
-TOY_MODELS = ("toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny")
-TEACHER = "toy-teacher"
+TASK_HEADERS = {"single_object": "single", "two_object": "two", "counting": "counting", "colors": "colors",
+                "position": "position", "color_attr": "attribution"}
 
 
-def recipe_rows(models=TOY_MODELS, recipes=tuple(PRESETS), n: int = len(PROMPT_SET), seed: int = 0,
-                batch: int = 30, log=print) -> list[dict]:
-    family = packaged_family("toy")
-    cache = PipelineCache(load_catalog())
-    targets = [PROMPT_SET[i % len(PROMPT_SET)] for i in range(n)]
-    prompts, seeds = [caption(*t) for t in targets], [derive_seed(seed, i) for i in range(n)]
-
-    def draw(model, recipe):
-        settings = recipe.apply(Settings("-"), family.guidance)
-        dtype = parse_dtype(settings.dtype)
-        pipeline = cache.get(model, dtype=dtype)
-        decoder = cache.decoder(model, settings.decoder, dtype=dtype)
-        started = time.perf_counter()
-        images = sample(pipeline, prompts, seeds, batch=batch, settings=settings, decoder=decoder)
-        return images, (time.perf_counter() - started) / n
-
-    chosen = [parse_recipe(spec) for spec in recipes]
-    for recipe in chosen:  # every spec checked before any image is drawn
-        check_recipe(recipe)
-    reference, _ = draw(TEACHER, PRESETS["paper"])
-    rows = []
-    for model in models:
-        for recipe in chosen:
-            images, seconds = draw(model, recipe)
-            accuracy = judge_accuracy(targets, images)
-            is_reference = model == TEACHER and recipe.name == "paper"
-            rows.append({"model": model, "recipe": recipe.name, "judge_all": accuracy["all"],
-                         "judge_shape": accuracy["shape"], "judge_color": accuracy["color"],
-                         "psnr_to_teacher_paper": None if is_reference else mean(psnr(a, b) for a, b in zip(images, reference)),
-                         "seconds": seconds, "n": n, "batch": batch, "knobs": recipe.knobs()})
-            log(f"{model:14} {recipe.name:12} judge {accuracy['all']:.1%}  PSNR "
-                f"{_db(rows[-1]['psnr_to_teacher_paper'])}  {seconds * 1000:.1f} ms/image")
-    return rows
+def recipe_rows(models=TOY_MODELS, recipes=("paper",), n: int | None = None, seeds=(0,), batch: int = 48,
+                work: Path | None = None, log=print) -> list[dict]:
+    return evaluate_toy(models, recipes, seeds, n, work=work, batch=batch, log=log)
 
 
-def _db(value) -> str:
+def _db(row) -> str:
+    value = row.get("psnr_to_reference")
     return "reference" if value is None else f"{value:.2f} dB"
 
 
-def write_report(rows: list[dict], report: Path) -> None:
-    """`report` (markdown table with the Pareto front marked), the same stem as .json and .png."""
-    measured = [r for r in rows if r["psnr_to_teacher_paper"] is not None]
-    front = {(r["model"], r["recipe"]) for r in pareto_front(measured, "seconds", "psnr_to_teacher_paper")}
-    own_paper = {r["model"]: r["judge_all"] for r in rows if r["recipe"] == "paper"}
-    lines = ["# Recipes on the toy world (`python -m studio toy recipes`)\n",
-             f"{rows[0]['n']} prompts, image i seeded with derive_seed(0, i); seconds per image = the set drawn in "
-             f"batches of {rows[0]['batch']}, divided by its size (CPU; loading and warm-up excluded). "
-             "PSNR: against toy-teacher's `paper` image for the same prompt and seed (the mean over images). "
-             "* = on the Pareto front of PSNR against time.\n",
-             "| model | recipe | judge: all three right | vs own paper | PSNR to teacher paper | ms / image |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        delta = r["judge_all"] - own_paper[r["model"]] if r["model"] in own_paper else None
-        mark = " *" if (r["model"], r["recipe"]) in front else ""
-        lines.append(f"| {r['model']} | {r['recipe']}{mark} | {r['judge_all']:.1%} | "
-                     f"{'-' if delta is None else f'{delta * 100:+.1f} pts'} | "
-                     f"{_db(r['psnr_to_teacher_paper'])} | {r['seconds'] * 1000:.1f} |")
-    write_table_and_rows(report, lines, rows)
-    plot_pareto(measured, "seconds", "psnr_to_teacher_paper", report.with_suffix(".png"),
-                "Toy world: fidelity to the teacher's paper images against time, models x recipes",
-                "seconds per image (CPU, batched)", "PSNR to toy-teacher with paper (dB)")
+def write_report(rows: list[dict], report: Path) -> list[dict]:
+    """`report` (markdown), the same stem as .json (every seed's row) and .png (the Pareto plot); returns the
+    rows merged over seeds."""
+    merged = over_seeds(rows, [*JUDGE_KEYS, "psnr_to_reference", "seconds"])
+    for row in merged:
+        row["gmacs_per_image"] = row["unet_macs_per_image"] / 1e9
+    front = {(r["model"], r["recipe"]) for r in pareto_front(merged, "gmacs_per_image", "overall")}
+    seeds = merged[0]["seeds"]
+    columns = [("model", lambda r: r["model"]),
+               ("recipe", lambda r: r["recipe"] + (" *" if (r["model"], r["recipe"]) in front else "")),
+               ("overall", percent("overall")), ("held-out", percent("held_out")),
+               *((TASK_HEADERS[t], percent(t, std=False)) for t in TASKS),
+               ("attributes", percent("attributes", std=False)), ("PSNR to teacher paper", _db),
+               ("G MACs / image", lambda r: f"{r['gmacs_per_image']:.2f}"),
+               ("ms / image", lambda r: f"{r['seconds'] * 1000:.1f}")]
+    intro = (f"`python -m studio toy recipes`: {merged[0]['n']} prompts of the evaluation set (studio/toy/prompts.py), "
+             f"seeds {', '.join(map(str, seeds))} (image i seeded with derive_seed(seed, i)); the judge's score per "
+             "GenEval task on the in-distribution prompts, overall = their mean (± the standard deviation over "
+             "seeds), held-out = the prompts that ask for a color-shape pair training never drew; attributes = the "
+             f"fraction of requested attributes right. PSNR: against {TEACHER} with `paper`, same prompt and seed. "
+             "U-Net MACs per image: conv + linear, the samples of every full U-Net call (step-cached calls left "
+             "out). ms / image: the set drawn in batches, CPU, loading excluded. * = on the Pareto front of overall "
+             "score against MACs.")
+    print(write_table(report, "The toy world: models x recipes", intro, columns, merged, data=rows))
+    plot_pareto(merged, "gmacs_per_image", "overall", report.with_suffix(".png"),
+                "Toy world: the judge's overall score against U-Net cost, models x recipes",
+                "U-Net G MACs per image (conv + linear, full calls)", "judge: overall (mean of the six tasks)")
+    return merged

@@ -12,13 +12,12 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from studio.catalog import PROJECT_ROOT
+from studio.catalog import PROJECT_ROOT, ModelEntry, load_catalog
 from studio.distillation.config import DistillConfig
 from studio.distillation.train import distill
-from studio.loading import load_pipeline, load_unet, share_components
+from studio.loading import load_unet
 from studio.toy.evaluate import DEFAULT_GUIDANCE, FAMILY
 
 ASSETS = PROJECT_ROOT / "assets" / "toy"
@@ -73,49 +72,34 @@ def distill_toy_students(steps: int, batch_size: int, lr: float, work: Path,
         print(f"shipped toy-bk-{arch} to {dest_root / f'bk-{arch}'}")
 
 
-def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int, report: Path) -> list[dict]:
-    from studio.evaluation.metrics import psnr
-    from studio.toy.evaluate import prompt_set_images
-    from studio.toy.judge import judge_accuracy
+def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int | None, seeds, report: Path) -> list[dict]:
+    """Distill each variant (reusing finished runs), judge it with the teacher through the one evaluation loop
+    (`paper`, the same prompts and seeds), and write the table."""
+    from studio.evaluation.sweep import over_seeds, percent, write_table
+    from studio.toy.evaluate import JUDGE_KEYS, TEACHER, evaluate_toy
 
-    teacher = load_pipeline("toy-teacher")
-    targets, teacher_images = prompt_set_images(teacher, n)
-    teacher_accuracy = judge_accuracy(targets, teacher_images)  # judged once, and the reference for fidelity
-    rows = []
+    entries = []
     for label, folder, weights, init in ABLATION:
         config = replace(toy_config("small", work, steps, batch_size, lr), out=str(work / folder), init=init,
                          lambda_task=weights[0], lambda_out=weights[1], lambda_feat=weights[2])
         run = run_once(config)
-        student = share_components(teacher, load_unet(str(run / "unet")))
-        targets, images = prompt_set_images(student, n)
-        accuracy = judge_accuracy(targets, images)
-        fidelity = float(np.mean([psnr(a, b) for a, b in zip(teacher_images, images)]))
-        rows.append({"variant": label, "init": init, **dict(zip(("weight_task", "weight_out", "weight_feat"), weights)),
-                     "judge_all": accuracy["all"], "judge_color": accuracy["color"],
-                     "judge_shape": accuracy["shape"], "psnr_to_teacher": fidelity})
-    write_ablation_report(rows, teacher_accuracy, steps, batch_size, lr, n, report)
-    return rows
-
-
-def write_ablation_report(rows, teacher_accuracy, steps, batch_size, lr, n, report: Path) -> None:
-    lines = [
-        "# KD ablation on the toy world",
-        "",
-        f"Student: BK-Small of `toy-teacher`; {steps} steps, batch {batch_size}, lr {lr}, seed 0, toy data; "
-        f"each model judged on the same {n} prompts and seeds (the toy defaults: 25 PNDM steps, guidance "
-        f"{DEFAULT_GUIDANCE}). "
-        "Fidelity is the mean PSNR of each student image against the teacher's image for the same prompt "
-        "and seed. Produced by `python -m studio toy ablation`.",
-        "",
-        "| variant | judge: all three right | color | shape | PSNR to teacher (dB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| teacher | {teacher_accuracy['all']:.1%} | {teacher_accuracy['color']:.1%} | "
-        f"{teacher_accuracy['shape']:.1%} | - |",
-    ]
-    for row in rows:
-        lines.append(f"| {row['variant']} | {row['judge_all']:.1%} | {row['judge_color']:.1%} | "
-                     f"{row['judge_shape']:.1%} | {row['psnr_to_teacher']:.2f} |")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    report.with_suffix(".json").write_text(json.dumps({"teacher": teacher_accuracy, "rows": rows}, indent=2) + "\n")
-    print("\n".join(lines))
+        entries.append(ModelEntry(name=label, source=str(run.resolve()), role="student", family="toy",
+                                  teacher=TEACHER, arch="small"))
+    catalog = load_catalog().with_entries(entries)
+    rows = evaluate_toy((TEACHER, *(e.name for e in entries)), ("paper",), seeds, n, catalog,
+                        work=work / "ablation-sweep")
+    merged = over_seeds(rows, [*JUDGE_KEYS, "psnr_to_reference"])
+    for row, (_, _, weights, init) in zip(merged[1:], ABLATION):
+        row.update(init=init, weight_task=weights[0], weight_out=weights[1], weight_feat=weights[2])
+    intro = (f"Student: BK-Small of `{TEACHER}`; {steps} steps, batch {batch_size}, lr {lr}, seed 0, toy data; each "
+             f"model judged on the same {merged[0]['n']} prompts of the evaluation set with `paper`, seeds "
+             f"{', '.join(map(str, seeds))} (mean ± standard deviation over seeds). Fidelity: the mean PSNR of each "
+             "image against the teacher's image for the same prompt and seed. Produced by `python -m studio toy "
+             "ablation`.")
+    columns = [("variant", lambda r: r["model"]), ("overall", percent("overall")),
+               ("held-out", percent("held_out")), ("attributes", percent("attributes")),
+               ("PSNR to teacher (dB)", lambda r: "-" if r["psnr_to_reference"] is None else
+                f"{r['psnr_to_reference']:.2f} ± {r['psnr_to_reference_std'] or 0:.2f}")]
+    print(write_table(report, "KD ablation on the toy world", intro, columns, merged,
+                      data={"rows": merged, "per_seed": rows}))
+    return merged

@@ -9,10 +9,12 @@ import json
 import string
 from pathlib import Path
 
-from studio.toy.data import COLORS, SHAPES
+from studio.toy.data import BACKGROUNDS, COLORS, PLURALS, SHAPES
+from studio.toy.prompts import NUMBERS, RELATIONS
 
-MAX_TOKENS = 16
-WORDS = ("a", "an", "the", "on", "of", "in", "with", "background", "photo", "shape", "sks", *SHAPES, *COLORS)
+MAX_TOKENS = 16  # the longest toy prompt is 11 words, 13 tokens with BOS and EOS
+WORDS = ("a", "an", "the", "on", "of", "in", "and", "with", "background", "photo", "shape", "sks", "one",
+         *SHAPES, *PLURALS.values(), *COLORS, *BACKGROUNDS, *NUMBERS, *(w for r in RELATIONS for w in r.split()))
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 UNET_CONFIG = {
@@ -29,21 +31,23 @@ UNET_CONFIG = {
     "attention_head_dim": 2,  # heads; more, narrower heads made training twice as slow on CPU
     "norm_num_groups": 32,
 }
+# Three stages: 64x64 pixels to a 16x16 latent, so a U-Net step costs what it did at 32x32 with two stages.
+# The full-resolution stage is narrow (16 channels) to keep the VAE's cost near the two-stage one's.
 VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [16, 32, 64],
     "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 16,
-    "sample_size": 32,
+    "norm_num_groups": 8,
+    "sample_size": 64,
 }
 TEXT_CONFIG = {
     "hidden_size": 64,
     "intermediate_size": 128,
-    "num_hidden_layers": 2,
+    "num_hidden_layers": 3,  # one more than the one-shape world's: relations and two colored nouns
     "num_attention_heads": 4,
     "max_position_embeddings": MAX_TOKENS,
     "projection_dim": 64,

@@ -5,18 +5,22 @@ import queue
 import threading
 
 import gradio as gr
+from PIL import Image
 
 from studio.ui import inputs
 
+from studio.evaluation.difference import difference_map, fidelity
 from studio.generation import Result, Settings, compare_iter, speedups
+from studio.history import read_settings
 from studio.recipes import PRESETS, recipe_name
 from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
                               user_errors)
 from studio.workspaces import Workspace
 
 READOUT_HEADER = ["| model | recipe | total | U-Net calls (cached) | decode | speed-up vs teacher: same recipe; paper | "
-                  "U-Net params | G MACs / call (conv+linear; +attn) | loading |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "to teacher, same recipe: PSNR; SSIM | U-Net params | G MACs / call (conv+linear; +attn) | loading |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+TIMING_KEYS = ("seconds", "unet_step_seconds", "decode_seconds")
 PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 
 
@@ -50,6 +54,16 @@ def grid_columns(settings: Settings, recipes, family_guidance: float) -> list[Se
     return [PRESETS[r].apply(settings, family_guidance) for r in dict.fromkeys(recipes)]
 
 
+def _to_teacher(result: Result, results: list[Result], teacher: str | None) -> str:
+    if result.model == teacher:
+        return "reference"
+    match = next((r for r in results if r.model == teacher and r.settings == result.settings), None)
+    if match is None:
+        return "-"
+    scores = fidelity(match.image, result.image)
+    return f"{scores['psnr']:.2f} dB; {scores['ssim']:.3f}"
+
+
 def readout_table(results: list[Result], teacher: str | None, device: str = "cpu") -> str:
     lines = list(READOUT_HEADER)
     for r, (same, paper) in zip(results, speedups(results, teacher)):
@@ -57,7 +71,8 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
         load = f"{r.load_seconds:.1f} s" if r.load_seconds else "cached"
         calls = len(r.unet_seconds)
         lines.append(f"| {r.model} | {r.settings.recipe} | {r.seconds:.3f} s | {calls} ({r.cached_calls}) | "
-                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {r.unet_params:,} | "
+                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {_to_teacher(r, results, teacher)} | "
+                     f"{r.unet_params:,} | "
                      f"{r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
     first = results[0]
     if first.prompt_tokens > first.max_tokens:
@@ -74,6 +89,37 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
                  "loading (models are warmed up first); the device is synchronized around every U-Net call and the "
                  "decode. Total: text encoding, every U-Net call, decoding. MACs: one full U-Net call at batch 1.")
     return "\n".join(lines)
+
+
+def _drawn_with(path: str) -> dict:
+    """An image's settings from its PNG (what `history.save` wrote), timings left out."""
+    try:
+        metadata = read_settings(path)
+    except (KeyError, ValueError, OSError):  # not one of the studio's images
+        return {}
+    return {k: v for k, v in metadata.items() if k not in TIMING_KEYS}
+
+
+def difference_view(items: list, index: int, catalog) -> tuple:
+    """For the gallery's image `index`: (teacher image, it) for the wipe slider, the difference heat map, and a
+    line with PSNR and SSIM, when the gallery holds its teacher's image with the same prompt, seed and recipe."""
+    path = items[index][0]
+    drawn = _drawn_with(path)
+    model = drawn.get("model")
+    teacher = catalog.get(model).teacher if model in catalog else None
+    if teacher is None:
+        return None, None, "Select a student's image to see it beside its teacher's."
+    wanted = {**drawn, "model": teacher}
+    match = next((item[0] for item in items if _drawn_with(item[0]) == wanted), None)
+    if match is None:
+        return None, None, (f"{teacher} has no image here with the same prompt, seed and recipe as this {model} "
+                            "image; compare them together.")
+    with Image.open(match) as first, Image.open(path) as second:
+        scores = fidelity(first.convert("RGB"), second.convert("RGB"))
+        heat = difference_map(first, second)
+    return (match, path), heat, (f"**{model}** against **{teacher}** ({drawn.get('recipe')}, seed {drawn.get('seed')}): "
+                                 f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}. Drag the slider to wipe "
+                                 "between them; the map is bright where they differ.")
 
 
 class _Stopped(Exception):
@@ -160,6 +206,11 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
                              height=320, object_fit="contain")
         readout = gr.Markdown()
         send = gr.Button("Send the selected image to img2img", size="sm")
+        with gr.Row():
+            wipe = gr.ImageSlider(label="Teacher | selected student (same prompt, seed and recipe)", type="filepath",
+                                  interactive=False, format="png")
+            heat = gr.Image(label="Difference from the teacher", type="pil", interactive=False, format="png")
+        difference = gr.Markdown("Select a student's image to see it beside its teacher's.")
         history = gr.Gallery(label="Recent runs (PNGs carry their settings)", columns=8, height=200,
                              value=local.history.recent() if local else [], format="png")
         selected = gr.State(None)
@@ -189,8 +240,12 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         with user_errors():
             return studio.workspace(request).history.recent()
 
-    def on_select(items, event: gr.SelectData):
-        return items[event.index][0] if items else None
+    def on_select(items, event: gr.SelectData, request: gr.Request):
+        if not items:
+            return None, None, None, ""
+        with user_errors():
+            catalog = studio.current_catalog(studio.workspace(request))
+            return (items[event.index][0], *difference_view(items, event.index, catalog))
 
     def gallery_layout(recipes):
         """A grid reads as rows of models with a column per recipe; one recipe puts the models side by side."""
@@ -200,7 +255,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
     run.click(on_compare, [models, *controls, grid], [gallery, readout, history], api_name="compare",
               concurrency_id="device", concurrency_limit=1)
     grid.change(gallery_layout, grid, gallery, api_visibility="private", queue=False)
-    gallery.select(on_select, gallery, selected, api_visibility="private")
+    gallery.select(on_select, gallery, [selected, wipe, heat, difference], api_visibility="private")
     app.load(on_load, None, history, api_visibility="private", queue=False)
     refresh_models_on_visit(app, tab, studio, models)
     return {"history": history, "selected": selected, "send": send}

@@ -83,8 +83,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                                     loss_plot=False)
         report = studio.family.recipe_report_path
         if report is not None and report.is_file():
-            with gr.Accordion("Recipes: fidelity against latency, every model x recipe (measured; the command that "
-                              "made it is in the table's title)", open=False):
+            with gr.Accordion("Models x recipes: the judge's score per task against U-Net MACs, with the Pareto "
+                              "front (measured; the command that made it is in the table's title)", open=False):
                 gr.Markdown(report.read_text())
                 if report.with_suffix(".png").is_file():
                     gr.Image(str(report.with_suffix(".png")), show_label=False, interactive=False)

@@ -1,5 +1,7 @@
-"""The Train a student tab: design a student by block removal, see its size, distill it as a background job."""
+"""The Train a student tab: design a student by block removal, see its size and the teacher's block sensitivity,
+distill it as a background job."""
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -12,6 +14,7 @@ from studio.distillation.config import DistillConfig
 from studio.distillation.data import DATA_SOURCES, DataError, open_data
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.profiling import input_geometry, profile_students
+from studio.sensitivity import predict, removed_units
 from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, endpoint, job_action, number, user_errors
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")
@@ -60,6 +63,29 @@ def design_table(catalog: Catalog, teacher: str, preset: str, layers: str, keep_
     return rows, summary
 
 
+def sensitivity_view(catalog: Catalog, teacher: str, preset: str, layers: str, keep_mid: bool, keep_innermost: bool,
+                     design_macs_ratio: float) -> tuple[str | None, str]:
+    """The teacher's shipped block sensitivity map (PNG path) and what its single removals predict for the design,
+    beside the design's measured MACs ratio; (None, how to make one) where there is no map."""
+    path = catalog.family(teacher_entry(catalog, teacher).family).sensitivity_map_path
+    result = json.loads(path.read_text()) if path and path.is_file() else None
+    if result is None or result["teacher"] != teacher:
+        return None, (f"No block sensitivity map of {teacher} is shipped; make one with `python -m studio "
+                      f"sensitivity --teacher {teacher}`.")
+    spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
+    guess = predict(result, removed_units(spec, read_configs(teacher, catalog)["unet"]))
+    judge = ("" if guess["judge_change"] is None else
+             f", and {guess['judge_change'] * 100:+.1f} judge points before any distillation")
+    unmeasured = (f" Not measured alone (their width changes): {', '.join(guess['not_measured'])}."
+                  if guess["not_measured"] else "")
+    text = (f"**Block sensitivity of {teacher}** (each unit removed alone, no retraining; {result['n']} prompts, seed "
+            f"{result['seed']}; MACs: {result['mac_convention']}). This design removes {len(guess['units'])} units "
+            f"({', '.join(guess['units']) or 'none'}). Their single removals sum to {guess['macs_saved']:.1%} fewer "
+            f"MACs (measured for the whole design: {1 - design_macs_ratio:.1%}) and {guess['params_saved']:.1%} "
+            f"fewer parameters{judge}: a sum, since units interact.{unmeasured}")
+    return str(path.with_suffix(".png")), text
+
+
 def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, keep_mid, keep_innermost, data_source,
                 upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8) -> tuple[str, str]:
     """Start a distillation job; (job id, message). Everything is checked before a job folder is made."""
@@ -82,7 +108,7 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
             raise ValueError("data: no dataset uploaded; upload a zip in the imagefolder layout (metadata.jsonl with "
                              "file_name and text, and the images)")
     elif data_source in DATA_SOURCES:
-        open_data(data_source, resolution)  # e.g. the toy world's 32x32 shapes: for teachers that draw at 32 px
+        open_data(data_source, resolution)  # e.g. the toy world's 64x64 scenes: for teachers that draw at 64 px
     else:
         raise ValueError(f"data: must be one of {', '.join([*DATA_SOURCES, 'upload'])}, got {data_source!r}")
 
@@ -115,8 +141,13 @@ def build(app: gr.Blocks, studio: Studio) -> None:
                                     label="Custom: layers kept per down stage (one number, or one per stage)")
             keep_mid = inputs.Checkbox(value=False, label="Custom: keep mid block")
             keep_innermost = inputs.Checkbox(value=True, label="Custom: keep innermost stage")
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Parameters and MACs", interactive=False)
-        summary = gr.Markdown()
+        with gr.Row():
+            with gr.Column(scale=3):
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Parameters and MACs", interactive=False)
+                summary = gr.Markdown()
+                sensitivity = gr.Markdown()
+            sensitivity_map = gr.Image(label="Block sensitivity (each unit removed alone)", type="filepath",
+                                       interactive=False, scale=2)
         with gr.Row():
             data_source = inputs.Radio([*DATA_SOURCES, "upload"], value=studio.family.train_data or "upload",
                                    label="Data (a registered source, or an uploaded zip)")
@@ -150,7 +181,10 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             resolution: image side in pixels for the MACs; 0 for the teacher's own
         """
         with user_errors():
-            return design_table(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost, resolution)
+            rows, text = design_table(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost, resolution)
+            picture, note = sensitivity_view(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
+                                             next(r[4] for r in rows if r[0].endswith("(yours)")))
+            return rows, text, picture, note
 
     @endpoint("train_start")
     def on_start(teacher, preset, layers, keep_mid, keep_innermost, data_source, upload, steps, lr, lambda_task,
@@ -200,8 +234,9 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             return job_action(studio.workspace(request).jobs.resume, job_id)
 
     design_inputs = [teacher, preset, layers, keep_mid, keep_innermost, resolution]
-    app.load(on_design, design_inputs, [table, summary], api_name="design")  # named first: it keeps the name
-    gr.on([c.change for c in design_inputs], on_design, design_inputs, [table, summary], api_visibility="private")
+    design_outputs = [table, summary, sensitivity_map, sensitivity]
+    app.load(on_design, design_inputs, design_outputs, api_name="design")  # named first: it keeps the name
+    gr.on([c.change for c in design_inputs], on_design, design_inputs, design_outputs, api_visibility="private")
     preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom_row, api_visibility="private",
                   queue=False)
     start.click(on_start, [*design_inputs[:5], data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat,
