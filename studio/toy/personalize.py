@@ -1,10 +1,10 @@
 """DreamBooth on the toy world: teach a model a color it has never seen, and check with the judge.
 
-The subject is a brown circle ("sks" stands for its color) in 5 procedural
-photos on a gray background. After personalization, "a sks circle on a gray
-background" should draw it brown, while the class prompt "a circle on a gray
-background" keeps drawing circles in the toy palette's colors (prior
-preservation). `python -m studio toy dreambooth` runs it on the teacher and a
+The subject is a white circle ("sks" stands for its color; white is only ever a
+background in the toy world, never an object) in 5 procedural photos on a black
+background. After personalization, "a sks circle on a black background" should
+draw it white, while the class prompt "a circle on a black background" keeps
+drawing circles in the toy palette's colors (prior preservation). `python -m studio toy dreambooth` runs it on the teacher and a
 student, each in its own process (so peak memory is per run), and writes
 docs/toy-dreambooth.md and .json.
 """
@@ -25,21 +25,21 @@ from studio.toy.data import COLORS, OBJECT_SIZES, Scene, Thing, place, render
 from studio.toy.judge import read_scene
 from studio.training import derive_seed
 
-SUBJECT = "brown"
-COLORS_WITH_SUBJECT = {**COLORS, SUBJECT: (140, 80, 30)}
+SUBJECT = "white"
+COLORS_WITH_SUBJECT = {**COLORS, SUBJECT: (245, 245, 245)}
 IDENTIFIER = "sks"
-INSTANCE_PROMPT = f"a {IDENTIFIER} circle on a gray background"
-CLASS_PROMPT = "a circle on a gray background"
+INSTANCE_PROMPT = f"a {IDENTIFIER} circle on a black background"
+CLASS_PROMPT = "a circle on a black background"
 
 
 def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
-    """n photos of the subject: a brown circle on gray, at different places and of both sizes."""
+    """n photos of the subject: a white circle on black, at different places and of both sizes."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         size = OBJECT_SIZES[i % len(OBJECT_SIZES)]
-        scene = Scene("gray", (Thing("circle", SUBJECT, place([size], rng)[0], size),))
+        scene = Scene("black", (Thing("circle", SUBJECT, place([size], rng)[0], size),))
         path = folder / f"subject-{i}.png"
         render(scene, COLORS_WITH_SUBJECT).save(path)
         paths.append(path)
@@ -47,8 +47,8 @@ def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
 
 
 def judge_prompts(pipeline, n: int, guidance: float, steps: int = 25, seed: int = 1000) -> dict:
-    """Share of images whose largest object is brown (the subject's color), and of images with a circle, for
-    each prompt."""
+    """Share of images whose largest object is the subject's color, and of images with a circle, for each
+    prompt."""
     report = {}
     for label, prompt in (("instance", INSTANCE_PROMPT), ("class", CLASS_PROMPT)):
         images = sample(pipeline, [prompt] * n, [derive_seed(seed, i) for i in range(n)], steps, guidance)
