@@ -54,24 +54,29 @@ def grid_columns(settings: Settings, recipes, family_guidance: float) -> list[Se
     return [PRESETS[r].apply(settings, family_guidance) for r in dict.fromkeys(recipes)]
 
 
-def _to_teacher(result: Result, results: list[Result], teacher: str | None) -> str:
+def _to_teacher(result: Result, results: list[Result], teacher: str | None, known: dict) -> str:
     if result.model == teacher:
         return "reference"
     match = next((r for r in results if r.model == teacher and r.settings == result.settings), None)
     if match is None:
         return "-"
-    scores = fidelity(match.image, result.image)
-    return f"{scores['psnr']:.2f} dB; {scores['ssim']:.3f}"
+    key = (id(match), id(result))
+    if key not in known:  # the readout is redrawn on every preview: each pair is measured once
+        scores = fidelity(match.image, result.image)
+        known[key] = f"{scores['psnr']:.2f} dB; {scores['ssim']:.3f}"
+    return known[key]
 
 
-def readout_table(results: list[Result], teacher: str | None, device: str = "cpu") -> str:
+def readout_table(results: list[Result], teacher: str | None, device: str = "cpu", known: dict | None = None) -> str:
+    """The readout; `known` keeps the teacher-student fidelity already measured across redraws of one run."""
+    known = {} if known is None else known
     lines = list(READOUT_HEADER)
     for r, (same, paper) in zip(results, speedups(results, teacher)):
         speed = (f"{same:.2f}x" if same else "-") + "; " + (f"{paper:.2f}x" if paper else "-")
         load = f"{r.load_seconds:.1f} s" if r.load_seconds else "cached"
         calls = len(r.unet_seconds)
         lines.append(f"| {r.model} | {r.settings.recipe} | {r.seconds:.3f} s | {calls} ({r.cached_calls}) | "
-                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {_to_teacher(r, results, teacher)} | "
+                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {_to_teacher(r, results, teacher, known)} | "
                      f"{r.unet_params:,} | "
                      f"{r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
     first = results[0]
@@ -171,7 +176,7 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
     catalog = studio.current_catalog(workspace)
     teachers = {catalog.get(m).teacher or m for m in models if m in catalog}
     teacher = teachers.pop() if len(teachers) == 1 else None
-    items, results = [], []
+    items, results, known = [], [], {}
 
     def run(on_progress):
         return compare_iter(studio.cache, models, settings, init_image, on_progress, catalog,
@@ -181,7 +186,7 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
         if kind == "preview":
             info = item.info
             caption = f"{info['model']}: step {item.done}/{item.total} (preview)"
-            yield [*items, (item.preview, caption)], readout_table(results, teacher, str(studio.cache.device)) \
+            yield [*items, (item.preview, caption)], readout_table(results, teacher, str(studio.cache.device), known) \
                 if results else "Generating..."
             continue
         result = item
@@ -189,7 +194,7 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
         path = workspace.history.save(result.image, metadata)
         items.append((str(path), f"{result.model} · {result.settings.recipe}: {result.seconds:.2f} s"))
         results.append(result)
-        yield list(items), readout_table(results, teacher, str(studio.cache.device))
+        yield list(items), readout_table(results, teacher, str(studio.cache.device), known)
 
 
 def build(app: gr.Blocks, studio: Studio) -> dict:
