@@ -86,6 +86,7 @@ class Family:
     tiny_decoder: str | None = None  # a tiny decoder (TAESD) for this family's latents: hub id or ./local folder
     recipe_report: str | None = None  # a measured models x recipes table (markdown; its plot beside it as .png)
     sensitivity_map: str | None = None  # the family teacher's block sensitivity (JSON; its heat map beside it as .png)
+    lcm_adapter: str | None = None  # a published LCM-LoRA for the teacher (hub id or ./folder), for the lcm recipes
 
     @property
     def prompt_set_path(self) -> Path | None:
@@ -102,9 +103,17 @@ class Family:
     @property
     def tiny_decoder_source(self) -> str | None:
         """The tiny decoder as from_pretrained takes it: a hub id, or a local folder made absolute."""
-        if self.tiny_decoder and self.tiny_decoder.startswith(("./", "../", "/")):
-            return str((PROJECT_ROOT / self.tiny_decoder).resolve())
-        return self.tiny_decoder
+        return _source(self.tiny_decoder)
+
+    @property
+    def lcm_adapter_source(self) -> str | None:
+        return _source(self.lcm_adapter)
+
+
+def _source(value: str | None) -> str | None:
+    if value and value.startswith(("./", "../", "/")):
+        return str((PROJECT_ROOT / value).resolve())
+    return value
 
 
 def _family_from_dict(name: str, data: dict, origin: Path) -> Family:

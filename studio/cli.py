@@ -115,13 +115,14 @@ def cmd_bench_pipeline(args) -> None:
     print(f"\nEnd to end (text encoder, every U-Net call, decoder), {args.teacher} at {report['resolution']}x"
           f"{report['resolution']}, batch {report['batch']}, {report['device']} {report['dtype']}, "
           f"{report['threads']} threads; median of {report['repeats']} after {report['warmup']} warm-up rounds, "
-          "interleaved; random weights")
+          "interleaved; random weights; 'rest' is the text encoder and the scheduler's own work")
     print(f"{'arch':10} {'recipe':36} {'seconds':>9} {'vs teacher paper':>17} {'vs teacher same':>16} "
-          f"{'U-Net calls (cached)':>21} {'decode':>8}")
+          f"{'U-Net calls (cached)':>21} {'U-Net':>8} {'decode':>8} {'rest':>7}")
     for row in report["rows"]:
         same = "-" if row["speedup_same_recipe"] is None else f"{row['speedup_same_recipe']:.2f}x"
         print(f"{row['arch']:10} {row['recipe']:36} {row['seconds']:>8.2f}s {row['speedup']:>16.2f}x {same:>16} "
-              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['decode_seconds']:>7.3f}s")
+              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['unet_seconds']:>7.2f}s "
+              f"{row['decode_seconds']:>7.3f}s {row['seconds'] - row['unet_seconds'] - row['decode_seconds']:>6.2f}s")
 
 
 def cmd_toy_data(args) -> None:
@@ -134,7 +135,7 @@ def cmd_toy_data(args) -> None:
 def cmd_toy_train(args) -> None:
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
 
-    config = ToyTrainConfig(out=args.out, seed=args.seed)
+    config = ToyTrainConfig(out=args.out, seed=args.seed, vae_from=args.vae_from or "")
     for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size", "max_minutes"):
         if getattr(args, field) is not None:
             if getattr(args, field) <= 0:
@@ -190,8 +191,11 @@ def cmd_toy_recipes(args) -> None:
     from studio.toy.recipes import TOY_MODELS, recipe_rows, write_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    rows = recipe_rows(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS), args.n, tuple(args.seeds),
-                       args.batch, Path(args.work) if args.work else None, log=log)
+    groups = [(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS))]
+    groups += [((model,), tuple(recipes)) for model, *recipes in args.extra or [] if recipes]
+    rows = [row for models, recipes in groups
+            for row in recipe_rows(models, recipes, args.n, tuple(args.seeds), args.batch,
+                                   Path(args.work) if args.work else None, log=log)]
     if args.report:
         write_report(rows, Path(args.report))
         log(f"wrote {args.report} and its .json and .png")
@@ -205,10 +209,29 @@ def cmd_toy_students(args) -> None:
     distill_toy_students(args.steps, args.batch_size, args.lr, Path(args.work), tuple(args.arch))
 
 
+def cmd_toy_lcm(args) -> None:
+    from studio.toy.students import distill_toy_lcm
+
+    distill_toy_lcm(args.steps, args.batch_size, args.lr, Path(args.work))
+
+
 def cmd_toy_ablation(args) -> None:
     from studio.toy.students import run_ablation
 
     run_ablation(args.steps, args.batch_size, args.lr, Path(args.work), args.n, tuple(args.seeds), Path(args.report))
+
+
+def cmd_adapter_coverage(args) -> None:
+    from studio.consistency.adapters import adapter_coverage
+
+    rows = adapter_coverage(args.teacher, tuple(args.arch), args.adapter or None)
+    print(f"{'model':10} {'adapter modules':>16} {'mapped':>7} {'dropped':>8} {'misplaced by name':>18}  "
+          f"({args.adapter or 'the LCM-LoRA layout on ' + args.teacher + ' (names and shapes, no weights)'})")
+    for row in rows:
+        print(f"{row['model']:10} {row['adapter_modules']:>16} {row['mapped']:>7} {row['dropped']:>8} "
+              f"{row['misplaced_by_name']:>18}")
+    print("mapped: student modules given the adapter of the teacher module they copy; dropped: adapter modules in "
+          "removed blocks; misplaced by name: modules a plain name match would give another layer's adapter")
 
 
 def cmd_sensitivity(args) -> None:
@@ -274,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     pipeline.add_argument("--dtype", help="fp32, fp16 or bf16 for every recipe (default: each recipe's own)")
     pipeline.set_defaults(run=cmd_bench_pipeline)
+    coverage = commands.add_parser("adapter-coverage", help="how many modules of a teacher's LoRA adapter (e.g. "
+                                   "LCM-LoRA) map onto its block-removed students")
+    add_model_args(coverage)
+    coverage.set_defaults(arch=["base", "small", "tiny"], run=uses_toy_world(cmd_adapter_coverage))
+    coverage.add_argument("--adapter", help="an adapter folder or hub id (must be at hand); default: the LCM-LoRA "
+                                            "layout (diffusers' consistency distillation targets), counted by name")
     sensitivity = commands.add_parser("sensitivity", help="remove each U-Net unit alone (no retraining): what it "
                                       "saves and what it costs; JSON and a heat map")
     sensitivity.add_argument("--teacher", required=True, help="a catalogue teacher")
@@ -302,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
     train.add_argument("--max-minutes", type=float, help="time budget in minutes (default 55); the U-Net stage stops early at it")
+    train.add_argument("--vae-from", help="reuse the VAE of an earlier `toy train` output folder and skip the VAE stage")
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")
@@ -315,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--recipes", nargs="+",
                          help="preset names, each optionally with :knob=value overrides (default: every preset)")
     add_prompt_set_args(recipes)
+    recipes.add_argument("--extra", nargs="+", action="append", metavar="MODEL RECIPE",
+                         help="repeatable: one more model with its own recipes, beyond the models x recipes grid, "
+                              "e.g. --extra toy-bk-tiny-lcm lcm lcm-2")
     recipes.add_argument("--batch", type=int, default=48, help="images drawn at once")
     recipes.add_argument("--work", help="keep each finished cell's row here (rows.jsonl); a rerun skips them")
     recipes.add_argument("--report", help="also write a markdown table, its JSON and the Pareto plot (PNG) here")
@@ -331,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_toy_distill_args(students)
     students.add_argument("--arch", nargs="+", default=["base", "small", "tiny"])
     students.set_defaults(run=uses_toy_world(cmd_toy_students))
+    lcm = toy_commands.add_parser("lcm", help="consistency-distill toy-bk-tiny and ship toy-bk-tiny-lcm")
+    add_toy_distill_args(lcm)
+    lcm.set_defaults(run=uses_toy_world(cmd_toy_lcm), lr=1e-4)
     ablation = toy_commands.add_parser("ablation", help="the paper's KD ablation on the toy world")
     add_toy_distill_args(ablation)
     add_prompt_set_args(ablation)

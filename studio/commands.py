@@ -5,13 +5,14 @@ A new kind is a package with its config dataclass and a `kind.py` declaring
 budget and the app read what they need from `KINDS` and name no kind themselves.
 """
 
+from studio.consistency.kind import KIND as CONSISTENCY
 from studio.distillation.kind import KIND as DISTILL
 from studio.evaluation.kind import KIND as EVALUATE
 from studio.kinds import JobKind
 from studio.options import from_dict
 from studio.personalization.kind import KIND as DREAMBOOTH
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (DISTILL, DREAMBOOTH, EVALUATE)}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (DISTILL, CONSISTENCY, DREAMBOOTH, EVALUATE)}
 
 
 def job_kind(name: str) -> JobKind:

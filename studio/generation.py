@@ -13,11 +13,12 @@ reported separately.
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from statistics import median
 
 import torch
 from diffusers import (
-    DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
+    DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler, PNDMScheduler,
     StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UniPCMultistepScheduler,
 )
 from PIL import Image
@@ -47,6 +48,7 @@ SCHEDULERS = {
                         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "UniPC": (UniPCMultistepScheduler, {}),
     "Euler": (EulerDiscreteScheduler, {}),
+    "LCM": (LCMScheduler, {}),  # for consistency-distilled models (studio/consistency)
 }
 
 
@@ -129,6 +131,7 @@ class Result:
     max_tokens: int = 0  # ... and how many the text encoder reads; beyond that the prompt was cut
     decode_seconds: float = 0.0  # the decoder alone (part of `seconds`)
     cached_calls: int = 0  # U-Net calls that ran only the shallow path (step caching)
+    note: str = ""  # what the readout should say about how this image was made (e.g. an adapter's coverage)
 
     @property
     def unet_step_seconds(self) -> float:
@@ -148,6 +151,15 @@ class Generated:
     full_calls: int
     cached_calls: int
     decode_seconds: float
+
+
+def pipeline_guidance(settings: Settings, unet) -> float:
+    """The guidance scale the pipeline is called with. LCM sampling never runs a second, unconditional batch: a
+    U-Net with a guidance embedding (time_cond_proj_dim) takes the scale as an input, one with an LCM-LoRA
+    merged in has it folded into its weights, so it gets 1 (at or below 1 the pipeline skips the batch)."""
+    if settings.scheduler == "LCM" and unet.config.time_cond_proj_dim is None:
+        return min(settings.guidance, 1.0)
+    return settings.guidance
 
 
 @torch.inference_mode()
@@ -170,7 +182,8 @@ def generate(pipeline: StableDiffusionPipeline, prompts: list[str], generators: 
 
     arguments = dict(prompt=prompts, negative_prompt=[settings.negative_prompt] * len(prompts)
                      if settings.negative_prompt else None,
-                     num_inference_steps=settings.steps, guidance_scale=settings.guidance, generator=generators,
+                     num_inference_steps=settings.steps, guidance_scale=pipeline_guidance(settings, run.unet),
+                     generator=generators,
                      output_type="latent", callback_on_step_end=on_step_end,
                      callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
     if init_image is not None:
@@ -200,6 +213,7 @@ class PipelineCache:
         self._decoders: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
         self._previews: dict[int, TinyDecoderPreview | LatentPreview] = {}
         self._macs: dict[tuple[str, int], tuple[int, int]] = {}
+        self._adapted: dict[tuple[str, torch.dtype], tuple[StableDiffusionPipeline, str]] = {}
 
     def loaded(self, name: str, dtype: torch.dtype | None = None) -> bool:
         return (name, dtype or self.dtype) in self._pipelines
@@ -215,6 +229,40 @@ class PipelineCache:
             _warm_up(pipeline)
             self._pipelines[(name, dtype)] = pipeline
         return self._pipelines[(name, dtype)]
+
+    def for_lcm(self, name: str, catalog: Catalog | None = None,
+                dtype: torch.dtype | None = None) -> tuple[StableDiffusionPipeline, str]:
+        """(pipeline, note) for LCM sampling. A consistency-distilled model as it is; another gets its family's
+        published LCM-LoRA when the adapter is at hand (on a copy of its U-Net, renamed onto a student by its
+        block-removal plan), and the note says how much of the adapter mapped; else the model itself, and the
+        note says its few-step images will be poor."""
+        from studio.loading import in_reach
+
+        catalog, dtype = catalog or self.catalog, dtype or self.dtype
+        base = self.get(name, catalog, dtype)
+        if base.unet.config.time_cond_proj_dim is not None:
+            return base, ""
+        entry = catalog.get(name)
+        source = catalog.family(entry.family).lcm_adapter_source
+        if not source or not (Path(source).is_dir() or in_reach(source, "pytorch_lora_weights.safetensors")):
+            missing = f"; its family's LCM-LoRA ({source}) is not at hand" if source else ""
+            return base, (f"{name} was not consistency-distilled{missing}: with LCM steps its images come out "
+                          "blurred (distill one in the Train tab).")
+        if (name, dtype) not in self._adapted:
+            import copy
+
+            from studio.catalog import read_configs
+            from studio.compression import plan_student
+            from studio.consistency.adapters import apply_adapter
+            from studio.loading import share_components
+
+            plan = plan_student(read_configs(entry.teacher, catalog)["unet"], entry.arch) \
+                if entry.role == "student" else None
+            adapted = share_components(base, copy.deepcopy(base.unet))
+            adapted.set_progress_bar_config(disable=True)
+            coverage = apply_adapter(adapted, source, plan, adapter_name="lcm")
+            self._adapted[(name, dtype)] = adapted, f"{name} with {source}: {coverage.describe()}."
+        return self._adapted[(name, dtype)]
 
     def decoder(self, name: str, kind: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
         """The decoder `kind` ("vae" or "tiny") for model `name`: None for the model's own VAE."""
@@ -293,7 +341,8 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
     """One image from one model; img2img when `init_image` is given. With `previews` (seconds), a progress
     event carries a rough picture of the image so far, at most that often (0: never)."""
     dtype = parse_dtype(settings.dtype)
-    base = cache.get(name, catalog, dtype)
+    base, note = cache.for_lcm(name, catalog, dtype) if settings.scheduler == "LCM" else \
+        (cache.get(name, catalog, dtype), "")
     native = native_resolution(base)
     settings.check(native)
     resolution = settings.resolution or native
@@ -320,7 +369,7 @@ def run_model(cache: PipelineCache, name: str, settings: Settings, init_image: I
                   macs_paper=macs_paper, macs_total=macs_total,
                   prompt_tokens=len(base.tokenizer(settings.prompt).input_ids),
                   max_tokens=base.tokenizer.model_max_length, decode_seconds=made.decode_seconds,
-                  cached_calls=made.cached_calls)
+                  cached_calls=made.cached_calls, note=note)
 
 
 def compare(cache: PipelineCache, models: list[str], settings: Settings | list[Settings],

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, PNDMScheduler, StableDiffu
 from studio.bench import parse_dtype, synchronize
 from studio.catalog import PACKAGE_DIR, Catalog, load_catalog, read_configs
 from studio.compression import plan_student
-from studio.generation import Settings, generate
+from studio.generation import Settings, _UNetTimer, generate
 from studio.profiling import count_unet_macs, input_geometry, meta_unet
 from studio.recipes import PRESETS, check_recipe, parse_recipe
 
@@ -114,21 +114,23 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
     tiny.decode(torch.zeros(1, tiny.config.latent_channels, geometry.latent, geometry.latent, device=device,
                             dtype=dtype))
 
-    times, decode, calls = {}, {}, {}
+    times, decode, unet, calls = {}, {}, {}, {}
     for round_index in range(warmup + repeats):
         for arch, recipe in cells:
             settings = recipe.apply(Settings(PROMPT, seed=0, resolution=geometry.resolution), family_guidance)
-            synchronize(device)
-            start = time.perf_counter()
-            made = generate(pipelines[arch], [PROMPT] * batch, [torch.Generator().manual_seed(i) for i in range(batch)],
-                            settings,
-                            geometry.resolution, tiny if settings.decoder == "tiny" else None)
-            synchronize(device)
-            elapsed = time.perf_counter() - start
+            with _UNetTimer(pipelines[arch].unet) as timer:
+                synchronize(device)
+                start = time.perf_counter()
+                made = generate(pipelines[arch], [PROMPT] * batch,
+                                [torch.Generator().manual_seed(i) for i in range(batch)], settings,
+                                geometry.resolution, tiny if settings.decoder == "tiny" else None)
+                synchronize(device)
+                elapsed = time.perf_counter() - start
             if round_index >= warmup:
                 key = (arch, recipe.name)
                 times.setdefault(key, []).append(elapsed)
                 decode.setdefault(key, []).append(made.decode_seconds)
+                unet.setdefault(key, []).append(sum(timer.seconds))
                 calls[key] = (made.full_calls, made.cached_calls)
             log(f"round {round_index + 1}/{warmup + repeats} ({'warm-up' if round_index < warmup else 'timed'}): "
                 f"{arch} {recipe.name} {elapsed:.2f} s")
@@ -143,7 +145,8 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
         rows.append({
             "arch": arch, "recipe": recipe.name, "seconds": seconds, "times_s": times[key],
             "speedup": reference / seconds, "speedup_same_recipe": None if same is None else same / seconds,
-            "decode_seconds": statistics.median(decode[key]), "unet_calls": calls[key][0] + calls[key][1],
+            "decode_seconds": statistics.median(decode[key]), "unet_seconds": statistics.median(unet[key]),
+            "unet_calls": calls[key][0] + calls[key][1],
             "cached_calls": calls[key][1], "knobs": recipe.knobs(),
             "macs_paper": count_unet_macs(meta_unet(config), (geometry.latent, geometry.latent), 1,
                                           geometry.text_tokens).paper,

@@ -10,6 +10,7 @@ from conftest import serve_app
 from PIL import Image
 
 TOOLS = {"compare", "img2img", "design", "train_start", "train_cancel", "train_resume", "train_status",
+         "consistency_start", "consistency_cancel", "consistency_resume", "consistency_status",
          "dreambooth_start", "dreambooth_cancel", "dreambooth_results", "dreambooth_status", "evaluate_start",
          "evaluate_status"}
 

@@ -227,18 +227,20 @@ def test_bench_pipeline_json():
 
 @pytest.mark.slow
 def test_toy_recipes_json():
-    rows = run_cli("toy", "recipes", "--models", "toy-teacher", "toy-bk-tiny", "--recipes", "paper", "fast",
+    recipes = ("paper", "fast", "lcm", "lcm-2")
+    rows = run_cli("toy", "recipes", "--models", "toy-teacher", "toy-bk-tiny-lcm", "--recipes", *recipes,
                    "--n", "6", "--seeds", "0", "1")
     assert [(r["model"], r["recipe"], r["seed"]) for r in rows] == [
-        (model, recipe, seed) for model in ("toy-teacher", "toy-bk-tiny") for recipe in ("paper", "fast")
+        (model, recipe, seed) for model in ("toy-teacher", "toy-bk-tiny-lcm") for recipe in recipes
         for seed in (0, 1)]
     assert rows[0]["psnr_to_reference"] is None and rows[1]["psnr_to_reference"] is None  # the reference itself
     for row in rows:
         assert 0 <= row["overall"] <= 1 and row["seconds"] > 0 and row["n"] == 6 and row["held_out"] is None
         assert all(0 <= row[task] <= 1 for task in ("single_object", "counting", "color_attr"))
     assert all(15 < row["psnr_to_reference"] < 100 for row in rows[2:])
-    paper, fast = rows[0]["unet_macs_per_image"], rows[2]["unet_macs_per_image"]
+    paper, fast, lcm, lcm_2 = (rows[i]["unet_macs_per_image"] for i in (0, 2, 4, 6))
     assert paper / fast == pytest.approx(26 * 2 / (12 * 2 / 2))  # PNDM: 26 guided calls; 12 guided, half in full
+    assert paper / lcm == pytest.approx(26 * 2 / 4) and paper / lcm_2 == pytest.approx(26 * 2 / 2)  # no CFG batch
 
 
 def test_a_bad_recipe_is_refused_before_any_model_is_built():

@@ -53,3 +53,30 @@ def test_students_imitate_the_teacher(arch):
     control = judge_images(prompts[6:] + prompts[:6], images)
     fidelity = float(np.mean([psnr(a, b) for a, b in zip(teacher_images, images)]))
     assert verdict["attributes"] >= control["attributes"] + 0.08 and fidelity > 19, (verdict, control, fidelity)
+
+
+def test_the_consistency_distilled_tiny_ships_with_a_guidance_embedding():
+    folder = TOY / "bk-tiny-lcm"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["kind"] == "consistency" and card["steps"] >= 100
+    assert card["config"]["student"] == "toy-bk-tiny" and card["config"]["ode_teacher"] == "teacher"
+    assert (folder / "metrics.csv").read_text().splitlines()[0] == "step,loss_total,lr,seconds"
+    entry = load_catalog().get("toy-bk-tiny-lcm")
+    assert entry.role == "student" and entry.teacher == "toy-teacher" and entry.arch == "tiny"
+    unet = load_pipeline("toy-bk-tiny-lcm").unet
+    assert unet.config.time_cond_proj_dim == 256
+
+
+@pytest.mark.parametrize("recipe", ["lcm", "lcm-2"])
+def test_the_lcm_recipes_run_on_every_toy_model(recipe):
+    """On a consistency-distilled model and on the others alike (which were not taught to: their images are only
+    drawn, not judged); one U-Net call per step, the tiny decoder."""
+    from studio.generation import PipelineCache, Settings, compare
+    from studio.recipes import PRESETS
+
+    catalog = load_catalog()
+    models = [e.name for e in catalog if e.family == "toy"]
+    assert "toy-bk-tiny-lcm" in models
+    settings = PRESETS[recipe].apply(Settings(prompt="a red circle on a white background"), 1.5)
+    for result in compare(PipelineCache(catalog), models, settings):
+        assert len(result.unet_seconds) == PRESETS[recipe].steps and result.image.size == (64, 64), result.model

@@ -75,3 +75,15 @@ def test_the_judge_reads_the_teachers_vae_reconstructions():
         decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
     verdict = judge_images([parse(c) for c in captions], [from_tensor(x) for x in decoded])
     assert verdict["attributes"] >= 0.88 and all(v >= 0.6 for v in verdict["tasks"].values()), verdict
+
+
+def test_the_vae_posterior_is_deterministic():
+    """`toy train` sets the encoder's log-variance to its floor (studio/toy/train.py): sampled latents are the
+    means, so no trainer sees noise the decoder ignores."""
+    from studio.toy.data import batch_tensors
+
+    vae = load_pipeline("toy-teacher").vae
+    images, _ = batch_tensors(range(8), seed=0)
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+    assert posterior.std.max() < 1e-5 and posterior.mean.std() > 0.1

@@ -14,6 +14,9 @@ from studio.options import REQUIRED, check_fields, option
 class KDWeights:
     task: float = 1.0
     out: float = 1.0
+    synthetic: int = option(0, "N > 0: train on the teacher's own images for N captions drawn from --data (drawn "
+                                "once into OUT/synthetic with the family's steps and guidance)",
+                            label="teacher images", min=0, max=100_000)
     feat: float = 1.0
 
 

@@ -75,6 +75,9 @@ class ImageFolderData:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def captions(self, size: int, rng: random.Random) -> list[str]:
+        return [self.rows[rng.randrange(len(self.rows))]["text"] for _ in range(size)]
+
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         rows = [self.rows[rng.randrange(len(self.rows))] for _ in range(size)]
         images = []
@@ -97,3 +100,56 @@ def open_data(source: str, resolution: int):
     if source in DATA_SOURCES:
         return DATA_SOURCES[source](resolution)
     return ImageFolderData(source, resolution)
+
+
+SYNTHETIC_BATCH = 8
+
+
+def teacher_images(source, teacher, folder: Path, n: int, seed: int, steps: int, guidance: float,
+                   callback=None) -> ImageFolderData:
+    """`n` captions drawn from `source`, each drawn by `teacher` (a pipeline) into `folder` in the imagefolder
+    layout; training then reads these instead of the source's own images. EdgeFusion (arXiv 2404.11925) found
+    a teacher's own images the data that made consistency distillation of BK-SDM work. Images already in the
+    folder are kept, so a resumed run draws only the rest."""
+    from studio.progress import report
+
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = source.captions(n, random.Random(seed))
+    teacher.set_progress_bar_config(disable=True)
+    for start in range(0, n, SYNTHETIC_BATCH):
+        names = [f"{i:06d}.png" for i in range(start, min(n, start + SYNTHETIC_BATCH))]
+        if all((folder / name).is_file() for name in names):
+            continue
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(names))]
+        with torch.no_grad():
+            images = teacher(captions[start:start + len(names)], num_inference_steps=steps, guidance_scale=guidance,
+                             generator=generators).images
+        for name, image in zip(names, images):
+            image.save(folder / name)
+        report(callback, "teacher images", start + len(names), n)
+    rows = [json.dumps({"file_name": f"{i:06d}.png", "text": text}) for i, text in enumerate(captions)]
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return ImageFolderData(folder, teacher.unet.config.sample_size * teacher.vae_scale_factor)
+
+
+def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
+                       guidance: float = 7.5, callback=None):
+    """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
+    captions, drawn once into OUT/synthetic."""
+    data = open_data(source, teacher.unet.config.sample_size * teacher.vae_scale_factor)
+    if synthetic <= 0:
+        return data
+    if not hasattr(data, "captions"):
+        raise DataError(f"--data {source}: this source gives no captions to draw teacher images for")
+    return teacher_images(data, teacher, Path(out) / "synthetic", synthetic, seed, steps, guidance, callback)
+
+
+def family_sampling(teacher: str) -> tuple[int, float]:
+    """(steps, guidance) the teacher's family samples with (the paper's 25 and 7.5 for a folder)."""
+    from studio.catalog import load_catalog
+
+    catalog = load_catalog()
+    if teacher not in catalog:
+        return 25, 7.5
+    family = catalog.family(catalog.get(teacher).family)
+    return family.steps, family.guidance

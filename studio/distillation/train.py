@@ -20,7 +20,7 @@ import torch
 
 from studio.compression import build_student, plan_student
 from studio.distillation.config import DistillConfig
-from studio.distillation.data import open_data
+from studio.distillation.data import family_sampling, open_training_data
 from studio.distillation.objective import capture_outputs, feature_pairs, kd_loss
 from studio.generation import sample
 from studio.loading import load_pipeline, share_components
@@ -49,8 +49,11 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
 
     # The frozen teacher, the data (checked before any training) and the student, copied from the teacher.
     teacher = load_pipeline(config.teacher).to(device)
-    resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
-    data = open_data(config.data, resolution)
+    if config.synthetic and not main:
+        accelerator.wait_for_everyone()  # the main process draws the teacher's images first
+    data = open_training_data(config.data, teacher, out, config.synthetic, config.seed, *family_sampling(config.teacher))
+    if config.synthetic and main:
+        accelerator.wait_for_everyone()
     for part in (teacher.vae, teacher.text_encoder, teacher.unet):
         part.requires_grad_(False).eval()
     plan = plan_student(teacher.unet.config, config.arch)

@@ -25,15 +25,16 @@ from studio.acceleration import guidance_steps
 from studio.bench import parse_dtype
 from studio.evaluation.metrics import psnr
 from studio.generation import PipelineCache, Settings, sample
-from studio.recipes import Recipe, check_recipe
+from studio.recipes import Recipe, check_recipe, parse_recipe
 from studio.training import derive_seed
 
 
 def unet_samples_per_image(settings: Settings) -> float:
     """How many U-Net samples (in full calls) one image costs with these settings: PNDM makes one call more than
-    its steps; a guided call is two samples; with step caching, every cache_interval-th call runs in full."""
+    its steps; a guided call is two samples (never with LCM: the guidance is an input or folded into the weights);
+    with step caching, every cache_interval-th call runs in full."""
     calls = settings.steps + (settings.scheduler == "PNDM")
-    if settings.guidance <= 1:
+    if settings.guidance <= 1 or settings.scheduler == "LCM":
         guided = 0
     else:
         guided = calls if settings.guidance_stop >= 1 else guidance_steps(settings.guidance_stop, settings.steps)
@@ -68,7 +69,8 @@ def sweep(cache: PipelineCache, family, models: list[str], recipes: list[Recipe]
     def reference_images(seed):
         if seed not in references:
             model, name = reference
-            references[seed] = draw(model, next(r for r in recipes if r.name == name), seed)[0]
+            references[seed] = draw(model, next((r for r in recipes if r.name == name), None) or parse_recipe(name),
+                                    seed)[0]
         return references[seed]
 
     rows = []

@@ -181,3 +181,9 @@ class ToyData:
 
     def batch(self, size: int, rng):
         return batch_tensors([rng.randrange(2**31) for _ in range(size)], seed=0, size=self.resolution)
+
+    def captions(self, size: int, rng) -> list[str]:
+        from studio.toy.prompts import random_prompt
+
+        return [random_prompt(np.random.default_rng([0, rng.randrange(2**31)]), training=True).text
+                for _ in range(size)]

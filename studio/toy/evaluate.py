@@ -55,12 +55,10 @@ def prompt_set_images(pipeline, n: int | None = None, steps: int = DEFAULT_STEPS
 def evaluate_toy(models=TOY_MODELS, recipes=("paper",), seeds=(0,), n: int | None = None,
                  catalog: Catalog | None = None, work: Path | None = None, batch: int = 48, log=print) -> list[dict]:
     """Sweep rows (one per model x recipe x seed) with the judge's columns; PSNR against the teacher's `paper`
-    images of the same seed when `paper` is in the sweep (the teacher's images are drawn for it if the teacher
-    is not one of the models)."""
+    images of the same seed (drawn for it when that cell is not in the sweep)."""
     catalog = catalog or load_catalog()
     chosen = [parse_recipe(spec) for spec in recipes]
-    names = [r.name for r in chosen]
-    reference = (TEACHER, "paper") if "paper" in names else None  # drawn once per seed even if not in models
+    reference = (TEACHER, "paper")
     texts = [p.text for p in prompt_set(n)]
     return sweep(PipelineCache(catalog), FAMILY, list(models), chosen, texts, list(seeds), judge_score, reference,
                  work, batch, log)

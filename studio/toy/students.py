@@ -3,8 +3,10 @@
 `python -m studio toy students` distills Base, Small and Tiny and ships them to
 assets/toy/bk-{arch} (U-Net in fp16, card, metrics, last validation images).
 `python -m studio toy ablation` reruns the paper's KD ablation at toy scale
-(same student, steps and seed) and writes docs/toy-ablation.md. Runs live in
-one work folder, so a finished run is reused, never redone.
+(same student, steps and seed) and writes docs/toy-ablation.md. `python -m
+studio toy lcm` consistency-distills the shipped Tiny into toy-bk-tiny-lcm
+(studio/consistency). Runs live in one work folder, so a finished run is
+reused, never redone.
 """
 
 import json
@@ -18,7 +20,7 @@ from studio.catalog import PROJECT_ROOT, ModelEntry, load_catalog
 from studio.distillation.config import DistillConfig
 from studio.distillation.train import distill
 from studio.loading import load_unet
-from studio.toy.evaluate import DEFAULT_GUIDANCE, FAMILY
+from studio.toy.evaluate import DEFAULT_GUIDANCE, FAMILY, TEACHER
 
 ASSETS = PROJECT_ROOT / "assets" / "toy"
 # (row label, run folder, loss weights (task, output KD, feature KD), initialisation); "small" doubles as full KD.
@@ -51,6 +53,24 @@ def run_once(config: DistillConfig) -> Path:
     return distill(replace(config, resume=(out / "metrics.csv").exists()))
 
 
+def distill_toy_lcm(steps: int, batch_size: int, lr: float, work: Path, dest_root: Path = ASSETS) -> Path:
+    """toy-bk-tiny, consistency-distilled on toy data with toy-teacher's ODE (guidance 1-3 around the family's
+    1.5), shipped as toy-bk-tiny-lcm."""
+    from studio.consistency.config import ConsistencyConfig
+    from studio.consistency.train import consistency_distill
+
+    out = work / "tiny-lcm"
+    config = ConsistencyConfig(
+        teacher=TEACHER, arch="tiny", student="toy-bk-tiny", data="toy", out=str(out), steps=steps,
+        batch_size=batch_size, lr=lr, guidance_min=1.0, guidance_max=3.0, checkpoint_every=max(1, steps // 4),
+        log_every=10, validation_prompts=FAMILY.validation_prompts, validation_guidance=DEFAULT_GUIDANCE)
+    if not (out / "card.json").exists():
+        consistency_distill(replace(config, resume=(out / "metrics.csv").exists()))
+    export_student(out, dest_root / "bk-tiny-lcm")
+    print(f"shipped toy-bk-tiny-lcm to {dest_root / 'bk-tiny-lcm'}")
+    return out
+
+
 def export_student(run: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -76,7 +96,7 @@ def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int | No
     """Distill each variant (reusing finished runs), judge it with the teacher through the one evaluation loop
     (`paper`, the same prompts and seeds), and write the table."""
     from studio.evaluation.sweep import over_seeds, percent, write_table
-    from studio.toy.evaluate import JUDGE_KEYS, TEACHER, evaluate_toy
+    from studio.toy.evaluate import JUDGE_KEYS, evaluate_toy
 
     entries = []
     for label, folder, weights, init in ABLATION:

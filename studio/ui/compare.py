@@ -79,6 +79,8 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
                      f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {_to_teacher(r, results, teacher, known)} | "
                      f"{r.unet_params:,} | "
                      f"{r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
+    for note in dict.fromkeys(r.note for r in results if r.note):
+        lines.append(f"\n{note}")
     first = results[0]
     if first.prompt_tokens > first.max_tokens:
         lines.append(f"\nThe prompt is {first.prompt_tokens} tokens long; the text encoder reads the first "

@@ -1,12 +1,12 @@
 """The Train a student tab: design a student by block removal, see its size and the teacher's block sensitivity,
-distill it as a background job."""
+distill it as a background job; below it, consistency distillation (studio/ui/consistency.py)."""
 
 import json
 from pathlib import Path
 
 import gradio as gr
 
-from studio.ui import inputs
+from studio.ui import consistency, inputs
 
 from studio.catalog import Catalog, read_configs
 from studio.compression import StudentSpec, plan_student, resolve_spec
@@ -166,6 +166,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             resume = gr.Button("Resume")
         message = gr.Markdown()
         monitor = JobMonitor(studio, "distill", "Job", "Latest validation: teacher (top) vs student (bottom)")
+        consistency.build(app, studio, tab)  # the second kind: few-step students
 
     @endpoint("design")
     def on_design(teacher, preset, layers, keep_mid, keep_innermost, resolution):
