@@ -115,6 +115,15 @@ def stop_guidance(pipeline, step: int, fraction: float, callback_kwargs: dict) -
     return callback_kwargs
 
 
+def pipeline_guidance(settings, unet) -> float:
+    """The guidance scale the pipeline is called with. LCM sampling never runs a second, unconditional batch: a
+    U-Net with a guidance embedding (time_cond_proj_dim) takes the scale as an input, one with an LCM-LoRA
+    merged in has it folded into its weights, so it gets 1 (at or below 1 the pipeline skips the batch)."""
+    if settings.scheduler == "LCM" and unet.config.time_cond_proj_dim is None:
+        return min(settings.guidance, 1.0)
+    return settings.guidance
+
+
 @contextmanager
 def token_merging(unet, ratio: float):
     """tomesd's token merging on the U-Net's attention for the duration of one call (ratio 0: untouched)."""

@@ -103,7 +103,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_pipeline(args) -> None:
-    from studio.pipeline_bench import bench_pipelines
+    from studio.pipeline_bench import bench_pipelines, format_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
     report = bench_pipelines(args.teacher, tuple(args.arch), tuple(args.recipes), args.resolution, args.batch,
@@ -112,17 +112,7 @@ def cmd_bench_pipeline(args) -> None:
         context = {k: report[k] for k in ("teacher", "resolution", "batch", "device", "dtype", "threads", "guidance")}
         print(json.dumps([{**row, **context} for row in report["rows"]], indent=2))
         return
-    print(f"\nEnd to end (text encoder, every U-Net call, decoder), {args.teacher} at {report['resolution']}x"
-          f"{report['resolution']}, batch {report['batch']}, {report['device']} {report['dtype']}, "
-          f"{report['threads']} threads; median of {report['repeats']} after {report['warmup']} warm-up rounds, "
-          "interleaved; random weights; 'rest' is the text encoder and the scheduler's own work")
-    print(f"{'arch':10} {'recipe':36} {'seconds':>9} {'vs teacher paper':>17} {'vs teacher same':>16} "
-          f"{'U-Net calls (cached)':>21} {'U-Net':>8} {'decode':>8} {'rest':>7}")
-    for row in report["rows"]:
-        same = "-" if row["speedup_same_recipe"] is None else f"{row['speedup_same_recipe']:.2f}x"
-        print(f"{row['arch']:10} {row['recipe']:36} {row['seconds']:>8.2f}s {row['speedup']:>16.2f}x {same:>16} "
-              f"{row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['unet_seconds']:>7.2f}s "
-              f"{row['decode_seconds']:>7.3f}s {row['seconds'] - row['unet_seconds'] - row['decode_seconds']:>6.2f}s")
+    print(format_report(report))
 
 
 def cmd_toy_data(args) -> None:
@@ -222,7 +212,7 @@ def cmd_toy_ablation(args) -> None:
 
 
 def cmd_adapter_coverage(args) -> None:
-    from studio.consistency.adapters import adapter_coverage
+    from studio.adapters import adapter_coverage
 
     rows = adapter_coverage(args.teacher, tuple(args.arch), args.adapter or None)
     print(f"{'model':10} {'adapter modules':>16} {'mapped':>7} {'dropped':>8} {'misplaced by name':>18}  "
@@ -330,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet-steps", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--dataset-size", type=int)
-    train.add_argument("--max-minutes", type=float, help="time budget in minutes (default 55); the U-Net stage stops early at it")
+    train.add_argument("--max-minutes", type=float, help="time budget in minutes (default 90); the U-Net stage stops early at it")
     train.add_argument("--vae-from", help="reuse the VAE of an earlier `toy train` output folder and skip the VAE stage")
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")

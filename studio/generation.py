@@ -13,7 +13,6 @@ reported separately.
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from statistics import median
 
 import torch
@@ -23,7 +22,9 @@ from diffusers import (
 )
 from PIL import Image
 
-from studio.acceleration import LatentPreview, StepCache, TinyDecoderPreview, stop_guidance, token_merging
+from studio.acceleration import (
+    LatentPreview, StepCache, TinyDecoderPreview, pipeline_guidance, stop_guidance, token_merging,
+)
 from studio.bench import DTYPES, parse_dtype, synchronize
 from studio.catalog import Catalog
 from studio.images import square
@@ -153,15 +154,6 @@ class Generated:
     decode_seconds: float
 
 
-def pipeline_guidance(settings: Settings, unet) -> float:
-    """The guidance scale the pipeline is called with. LCM sampling never runs a second, unconditional batch: a
-    U-Net with a guidance embedding (time_cond_proj_dim) takes the scale as an input, one with an LCM-LoRA
-    merged in has it folded into its weights, so it gets 1 (at or below 1 the pipeline skips the batch)."""
-    if settings.scheduler == "LCM" and unet.config.time_cond_proj_dim is None:
-        return min(settings.guidance, 1.0)
-    return settings.guidance
-
-
 @torch.inference_mode()
 def generate(pipeline: StableDiffusionPipeline, prompts: list[str], generators: list[torch.Generator],
              settings: Settings, resolution: int, decoder=None, init_image: Image.Image | None = None,
@@ -232,36 +224,12 @@ class PipelineCache:
 
     def for_lcm(self, name: str, catalog: Catalog | None = None,
                 dtype: torch.dtype | None = None) -> tuple[StableDiffusionPipeline, str]:
-        """(pipeline, note) for LCM sampling. A consistency-distilled model as it is; another gets its family's
-        published LCM-LoRA when the adapter is at hand (on a copy of its U-Net, renamed onto a student by its
-        block-removal plan), and the note says how much of the adapter mapped; else the model itself, and the
-        note says its few-step images will be poor."""
-        from studio.loading import in_reach
+        """(pipeline, readout note) for LCM sampling: see studio.adapters.with_lcm_adapter."""
+        from studio.adapters import with_lcm_adapter
 
         catalog, dtype = catalog or self.catalog, dtype or self.dtype
-        base = self.get(name, catalog, dtype)
-        if base.unet.config.time_cond_proj_dim is not None:
-            return base, ""
-        entry = catalog.get(name)
-        source = catalog.family(entry.family).lcm_adapter_source
-        if not source or not (Path(source).is_dir() or in_reach(source, "pytorch_lora_weights.safetensors")):
-            missing = f"; its family's LCM-LoRA ({source}) is not at hand" if source else ""
-            return base, (f"{name} was not consistency-distilled{missing}: with LCM steps its images come out "
-                          "blurred (distill one in the Train tab).")
         if (name, dtype) not in self._adapted:
-            import copy
-
-            from studio.catalog import read_configs
-            from studio.compression import plan_student
-            from studio.consistency.adapters import apply_adapter
-            from studio.loading import share_components
-
-            plan = plan_student(read_configs(entry.teacher, catalog)["unet"], entry.arch) \
-                if entry.role == "student" else None
-            adapted = share_components(base, copy.deepcopy(base.unet))
-            adapted.set_progress_bar_config(disable=True)
-            coverage = apply_adapter(adapted, source, plan, adapter_name="lcm")
-            self._adapted[(name, dtype)] = adapted, f"{name} with {source}: {coverage.describe()}."
+            self._adapted[(name, dtype)] = with_lcm_adapter(self.get(name, catalog, dtype), catalog.get(name), catalog)
         return self._adapted[(name, dtype)]
 
     def decoder(self, name: str, kind: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
@@ -426,18 +394,3 @@ def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[in
         images += generate(pipeline, prompts[start:start + batch], generators, settings, resolution, decoder).images
         report(callback, "generate", len(images), len(prompts))
     return images
-
-
-def speedups(results: list[Result], teacher: str | None) -> list[tuple[float | None, float | None]]:
-    """Per result: end-to-end speed-up against the teacher with the same settings, and with the `paper` recipe
-    (None where that teacher image was not made in this run)."""
-    def teacher_seconds(match) -> float | None:
-        found = next((r for r in results if r.model == teacher and match(r.settings)), None)
-        return found.seconds if found else None
-
-    paper = teacher_seconds(lambda s: s.recipe == "paper")
-    ratios = []
-    for r in results:
-        same = teacher_seconds(lambda s, mine=r.settings: s == mine)
-        ratios.append((same and same / r.seconds, paper and paper / r.seconds))
-    return ratios

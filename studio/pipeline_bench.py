@@ -155,3 +155,19 @@ def bench_pipelines(teacher: str, archs: tuple[str, ...] = ("tiny",), recipes: t
             "dtype": chosen[0].dtype,
             "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
             "guidance": family_guidance, "rows": rows}
+
+
+def format_report(report: dict) -> str:
+    """The table `python -m studio bench pipeline` prints."""
+    lines = [f"\nEnd to end (text encoder, every U-Net call, decoder), {report['teacher']} at {report['resolution']}x"
+             f"{report['resolution']}, batch {report['batch']}, {report['device']} {report['dtype']}, "
+             f"{report['threads']} threads; median of {report['repeats']} after {report['warmup']} warm-up rounds, "
+             "interleaved; random weights; 'rest' is the text encoder and the scheduler's own work",
+             f"{'arch':10} {'recipe':36} {'seconds':>9} {'vs teacher paper':>17} {'vs teacher same':>16} "
+             f"{'U-Net calls (cached)':>21} {'U-Net':>8} {'decode':>8} {'rest':>7}"]
+    for row in report["rows"]:
+        same = "-" if row["speedup_same_recipe"] is None else f"{row['speedup_same_recipe']:.2f}x"
+        lines.append(f"{row['arch']:10} {row['recipe']:36} {row['seconds']:>8.2f}s {row['speedup']:>16.2f}x "
+                     f"{same:>16} {row['unet_calls']:>14} ({row['cached_calls']:>2}) {row['unet_seconds']:>7.2f}s "
+                     f"{row['decode_seconds']:>7.3f}s {row['seconds'] - row['unet_seconds'] - row['decode_seconds']:>6.2f}s")
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ import pytest
 
 STUDIO = Path(__file__).resolve().parent.parent / "studio"
 # What each part of the library may not import (beyond itself), as dotted prefixes.
-TRAINERS = ("studio.distillation", "studio.personalization", "studio.evaluation")
+TRAINERS = ("studio.distillation", "studio.consistency", "studio.personalization", "studio.evaluation")
 ABOVE_TRAINERS = ("studio.jobs", "studio.commands", "studio.ui", "studio.cli", "studio.toy")
 FORBIDDEN = {
     "studio.catalog": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation", "studio.training"),
@@ -17,15 +17,18 @@ FORBIDDEN = {
     "studio.loading": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
     "studio.acceleration": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation", "studio.recipes"),
     "studio.generation": TRAINERS + ABOVE_TRAINERS + ("studio.recipes", "studio.pipeline_bench"),
+    "studio.adapters": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
     "studio.recipes": TRAINERS + ABOVE_TRAINERS + ("studio.pipeline_bench",),
     "studio.pipeline_bench": TRAINERS + ABOVE_TRAINERS,
     "studio.training": TRAINERS + ABOVE_TRAINERS,
     "studio.images": TRAINERS + ABOVE_TRAINERS,
     "studio.options": TRAINERS + ABOVE_TRAINERS,
     "studio.progress": TRAINERS + ABOVE_TRAINERS,
-    "studio.distillation": ABOVE_TRAINERS + ("studio.personalization", "studio.evaluation"),
-    "studio.personalization": ABOVE_TRAINERS + ("studio.distillation", "studio.evaluation"),
-    "studio.evaluation": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
+    "studio.distillation": ABOVE_TRAINERS + ("studio.consistency", "studio.personalization", "studio.evaluation"),
+    # consistency distillation reads the KD job's data sources (studio.distillation.data), and nothing else of it
+    "studio.consistency": ABOVE_TRAINERS + ("studio.personalization", "studio.evaluation"),
+    "studio.personalization": ABOVE_TRAINERS + ("studio.distillation", "studio.consistency", "studio.evaluation"),
+    "studio.evaluation": ABOVE_TRAINERS + ("studio.distillation", "studio.consistency", "studio.personalization"),
     "studio.sensitivity": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
     "studio.jobs": ("studio.ui", "studio.cli", "studio.toy"),
     "studio.commands": ("studio.ui", "studio.cli", "studio.jobs", "studio.toy"),

@@ -179,7 +179,7 @@ def test_a_teacher_adapter_maps_onto_its_students_by_the_block_removal_plan(tiny
     from peft.utils import get_peft_model_state_dict
 
     from studio.compression import build_student, plan_student
-    from studio.consistency.adapters import apply_adapter, map_adapter, unet_adapter
+    from studio.adapters import apply_adapter, map_adapter, unet_adapter
 
     teacher = load_pipeline(str(tiny_pipeline_dir))
     torch.manual_seed(0)

@@ -146,6 +146,42 @@ def test_the_time_budget_stops_the_unet_stage_early(tmp_path):
     assert card["result"]["unet_steps_done"] < 50 and card["steps"] == 2 + card["result"]["unet_steps_done"]
 
 
+def test_a_teacher_can_reuse_a_trained_vae_whose_posterior_is_then_deterministic(tmp_path):
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+
+    small = dict(dataset_size=64, batch_size=4, vae_batch_size=4, vae_steps=2, unet_steps=2, log_every=1)
+    first = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "a"), **small))
+    second = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "b"), vae_from=str(first), **small))
+    card = json.loads((second / "card.json").read_text())
+    assert card["config"]["vae_steps"] == 0 and card["steps"] == 2  # no VAE stage
+    a, b = (AutoencoderKL.from_pretrained(folder / "vae").state_dict() for folder in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from studio.toy.data import batch_tensors
+
+    images, _ = batch_tensors(range(4), seed=0)
+    with torch.no_grad():
+        posterior = AutoencoderKL.from_pretrained(second / "vae").encode(images).latent_dist
+    assert posterior.std.max() < 1e-5
+    with pytest.raises(ValueError, match="--vae-from"):
+        train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "c"), vae_from=str(tmp_path / "nowhere"), **small))
+
+
+@pytest.mark.slow
+def test_the_lcm_command_distills_and_ships_the_few_step_tiny(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from studio.toy.students import distill_toy_lcm
+
+    distill_toy_lcm(2, 2, 1e-4, tmp_path / "runs", dest_root=tmp_path / "ship")
+    shipped = tmp_path / "ship" / "bk-tiny-lcm"
+    assert UNet2DConditionModel.from_pretrained(shipped / "unet").config.time_cond_proj_dim == 256
+    assert {"card.json", "metrics.csv", "config.json", "validation.png"} <= {p.name for p in shipped.iterdir()}
+
+
 @pytest.mark.slow
 def test_students_and_ablation_commands_run_end_to_end(tmp_path):
     """Two steps each: the plumbing, not the quality (that is what the real runs report)."""

@@ -18,7 +18,7 @@ def estimate_bytes(config: ConsistencyConfig, catalog) -> dict[str, int]:
     way, and the adapter), teacher images, validation grids and metrics rows."""
     from studio.catalog import read_configs
     from studio.compression import student_config
-    from studio.personalization.kind import lora_params
+    from studio.adapters import lora_params
     from studio.profiling import count_params, input_geometry, meta_unet
 
     configs = read_configs(config.teacher, catalog)
@@ -26,8 +26,7 @@ def estimate_bytes(config: ConsistencyConfig, catalog) -> dict[str, int]:
         student_config(configs["unet"], config.arch)
     unet = meta_unet(unet_config)
     params = count_params(unet)
-    # LoRA on attention only undercounts the convolutions' adapters; rank x (in + out) per target is the bound.
-    trainable = 4 * lora_params(unet, config.rank) if config.lora else params
+    trainable = lora_params(unet, config.rank) if config.lora else params
     per_checkpoint = trainable * FLOAT_BYTES * (1 + ADAMW_STATES) + (0 if config.lora else params * FLOAT_BYTES)
     resolution = input_geometry(configs).resolution
     grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0

@@ -10,7 +10,7 @@ from PIL import Image
 from studio.ui import inputs
 
 from studio.evaluation.difference import difference_map, fidelity
-from studio.generation import Result, Settings, compare_iter, speedups
+from studio.generation import Result, Settings, compare_iter
 from studio.history import read_settings
 from studio.recipes import PRESETS, recipe_name
 from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
@@ -65,6 +65,21 @@ def _to_teacher(result: Result, results: list[Result], teacher: str | None, know
         scores = fidelity(match.image, result.image)
         known[key] = f"{scores['psnr']:.2f} dB; {scores['ssim']:.3f}"
     return known[key]
+
+
+def speedups(results: list[Result], teacher: str | None) -> list[tuple[float | None, float | None]]:
+    """Per result: end-to-end speed-up against the teacher with the same settings, and with the `paper` recipe
+    (None where that teacher image was not made in this run)."""
+    def teacher_seconds(match) -> float | None:
+        found = next((r for r in results if r.model == teacher and match(r.settings)), None)
+        return found.seconds if found else None
+
+    paper = teacher_seconds(lambda s: s.recipe == "paper")
+    ratios = []
+    for r in results:
+        same = teacher_seconds(lambda s, mine=r.settings: s == mine)
+        ratios.append((same and same / r.seconds, paper and paper / r.seconds))
+    return ratios
 
 
 def readout_table(results: list[Result], teacher: str | None, device: str = "cpu", known: dict | None = None) -> str:

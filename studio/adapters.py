@@ -65,6 +65,17 @@ def unet_adapter(source) -> dict[str, dict[str, torch.Tensor]]:
     return {name: parts for name, parts in modules.items() if {"lora_A", "lora_B"} <= set(parts)}
 
 
+def lora_params(unet, rank: int, targets=LCM_LORA_TARGETS) -> int:
+    """Parameters of a rank-`rank` LoRA on every module `targets` names: rank x (fan-in + fan-out) each."""
+    total = 0
+    for name, module in unet.named_modules():
+        if any(name == t or name.endswith("." + t) for t in targets):
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dim() >= 2:
+                total += rank * (weight[0].numel() + weight.shape[0])
+    return total
+
+
 def map_adapter(adapter: dict, unet, plan=None) -> tuple[dict[str, torch.Tensor], AdapterCoverage]:
     """The adapter renamed onto `unet` (a student when `plan`, its CompressionPlan, is given): a state dict in
     peft's key format with the `unet.` prefix, and what mapped."""
@@ -127,3 +138,29 @@ def adapter_coverage(teacher: str, archs=("base", "small", "tiny"), source=None,
                      "dropped": len(coverage.dropped), "misplaced_by_name": misplaced,
                      "summary": coverage.describe()})
     return rows
+
+
+def with_lcm_adapter(base, entry, catalog) -> tuple[object, str]:
+    """(pipeline, readout note) for LCM sampling of `base`, the pipeline of catalogue `entry`. A consistency-distilled
+    model as it is; another gets its family's published LCM-LoRA when the adapter is at hand (on a copy of its U-Net,
+    renamed onto a student by its block-removal plan) and the note says how much of it mapped; else the model
+    itself, and the note says its few-step images will be poor."""
+    import copy
+    from pathlib import Path
+
+    from studio.catalog import read_configs
+    from studio.compression import plan_student
+    from studio.loading import in_reach, share_components
+
+    if base.unet.config.time_cond_proj_dim is not None:
+        return base, ""
+    source = catalog.family(entry.family).lcm_adapter_source
+    if not source or not (Path(source).is_dir() or in_reach(source, "pytorch_lora_weights.safetensors")):
+        missing = f"; its family's LCM-LoRA ({source}) is not at hand" if source else ""
+        return base, (f"{entry.name} was not consistency-distilled{missing}: with LCM steps its images come out "
+                      "blurred (distill one in the Train tab).")
+    plan = plan_student(read_configs(entry.teacher, catalog)["unet"], entry.arch) if entry.role == "student" else None
+    adapted = share_components(base, copy.deepcopy(base.unet))
+    adapted.set_progress_bar_config(disable=True)
+    coverage = apply_adapter(adapted, source, plan, adapter_name="lcm")
+    return adapted, f"{entry.name} with {source}: {coverage.describe()}."
