@@ -13,6 +13,6 @@ MAX_TRAINING_SEED = 2**31 - 1  # trainers mix it with steps (studio.training.der
 MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 # The samplers studio.generation builds (its SCHEDULERS table must list exactly these).
-SCHEDULER_NAMES = ("PNDM", "DDIM", "DPM-Solver++", "DPM++ 2M Karras", "UniPC", "Euler")
+SCHEDULER_NAMES = ("PNDM", "DDIM", "DPM-Solver++", "DPM++ 2M Karras", "UniPC", "Euler", "LCM")
 # Experiment trackers a training run can report to beside metrics.csv (studio/trackers.py).
 TRACKERS = ("tensorboard", "trackio", "wandb")

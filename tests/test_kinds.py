@@ -28,7 +28,7 @@ KIND_BLIND = ["commands.py", "budget.py", "cli.py", "kinds.py", "ui/common.py", 
 
 
 def test_every_kind_declares_config_run_estimate_result_and_caps():
-    assert set(KINDS) == {"distill", "dreambooth", "evaluate"}
+    assert set(KINDS) == {"distill", "consistency", "dreambooth", "evaluate"}
     limits = {f.name for f in fields(JobLimits)}
     for kind in KINDS.values():
         names = {f.name for f in fields(kind.config)}
@@ -89,7 +89,7 @@ def test_a_job_gets_its_config_as_checked_json_and_none_survives():
         to_argv(config)  # the argv round trip used to drop it and bring back the default checkpoint
     with pytest.raises(ValueError, match=r"images per model \(--n\) must be at least 1"):
         config_from_json("evaluate", {**asdict(config), "n": 0})  # the job's process checks again
-    with pytest.raises(ValueError, match="'train' is not a job kind; jobs run: distill, dreambooth, evaluate"):
+    with pytest.raises(ValueError, match="'train' is not a job kind; jobs run: distill, consistency, dreambooth, evaluate"):
         config_from_json("train", {})
 
 

@@ -146,8 +146,9 @@ def test_every_preset_runs_on_every_toy_model(cache, recipe):
         calls, interval = len(result.unet_seconds), PRESETS[recipe].cache_interval
         assert calls == PRESETS[recipe].steps + (PRESETS[recipe].scheduler == "PNDM")  # PNDM: one extra call
         assert result.cached_calls == calls - -(-calls // interval)  # every interval-th call runs in full
-    verdict = reads(results[0].image)  # the teacher draws the prompt with every preset
-    assert verdict == ("blue", "white"), (recipe, verdict)
+    if PRESETS[recipe].scheduler != "LCM":  # those need a consistency-distilled model (test_toy_students.py)
+        verdict = reads(results[0].image)  # the teacher draws the prompt with every other preset
+        assert verdict == ("blue", "white"), (recipe, verdict)
 
 
 def test_recipe_specs_and_names():

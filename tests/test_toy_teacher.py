@@ -49,14 +49,15 @@ def test_papers_removals_apply_unchanged():
 @pytest.mark.slow
 def test_follows_its_prompts_in_every_task():
     """A slice of each task (20 prompts each, `paper`, seed 0), and the same images judged against other prompts
-    of the same tasks as the control. Over the whole set and three seeds the shipped teacher scores 32.7% on
-    single objects and 33.7% on colors (docs/toy-recipes.md): below the issue's 90% (see the README)."""
+    of the same tasks as the control. Over the whole set and three seeds the shipped teacher scores 59% on
+    single objects and 56% on colors (docs/toy-recipes.md): below the issue's 90% (see the README). Measured on
+    this slice: single objects 60%, colors 40%, attributes 64.5%."""
     teacher = load_pipeline("toy-teacher")
     prompts, images = prompt_set_images(teacher, 120)
     verdict = judge_images(prompts, images)
     control = judge_images(prompts[6:] + prompts[:6], images)  # shifted by 6: the same task at every place
     assert set(verdict["tasks"]) == set(TASKS)
-    assert verdict["tasks"]["single_object"] >= 0.15 and verdict["tasks"]["colors"] >= 0.15, verdict
+    assert verdict["tasks"]["single_object"] >= 0.4 and verdict["tasks"]["colors"] >= 0.25, verdict
     assert verdict["attributes"] >= control["attributes"] + 0.1, (verdict, control)
 
 

@@ -14,9 +14,6 @@ from studio.options import REQUIRED, check_fields, option
 class KDWeights:
     task: float = 1.0
     out: float = 1.0
-    synthetic: int = option(0, "N > 0: train on the teacher's own images for N captions drawn from --data (drawn "
-                                "once into OUT/synthetic with the family's steps and guidance)",
-                            label="teacher images", min=0, max=100_000)
     feat: float = 1.0
 
 
@@ -29,6 +26,9 @@ class DistillConfig:
                        max_length=1000)
     out: str = option(REQUIRED, "the run's folder: checkpoints, metrics.csv, validation images, result",
                       max_length=1000)
+    synthetic: int = option(0, "N > 0: train on the teacher's own images for N captions drawn from --data (drawn "
+                                "once into OUT/synthetic with the family's steps and guidance)",
+                            label="teacher images", min=0, max=100_000)
     steps: int = option(1000, "optimizer steps", min=1, max=MAX_TRAINING_STEPS)
     batch_size: int = option(8, "per process", label="batch size", min=1, max=1024)
     lr: float = option(5e-5, "learning rate (the paper's: constant, AdamW)", label="learning rate", above=0, max=1.0)

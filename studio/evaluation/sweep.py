@@ -21,6 +21,9 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Callable
 
+import numpy as np
+from PIL import Image
+
 from studio.acceleration import guidance_steps
 from studio.bench import parse_dtype
 from studio.evaluation.metrics import psnr
@@ -66,11 +69,23 @@ def sweep(cache: PipelineCache, family, models: list[str], recipes: list[Recipe]
                         settings=settings, decoder=decoder)
         return images, (time.perf_counter() - started) / len(prompts), settings
 
+    def kept(seed) -> Path | None:
+        """Where the reference cell's images of a seed are kept, so another sweep on the same work folder (another
+        process, or a rerun) measures PSNR against them without drawing them again."""
+        return work / f"reference-{reference[0]}-{reference[1]}-seed{seed}-n{len(prompts)}.npz" if work else None
+
+    def keep(seed, images) -> None:
+        references[seed] = images
+        if kept(seed):
+            kept(seed).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(kept(seed), images=np.stack([np.asarray(image) for image in images]))
+
     def reference_images(seed):
+        if seed not in references and kept(seed) and kept(seed).exists():
+            references[seed] = [Image.fromarray(a) for a in np.load(kept(seed))["images"]]
         if seed not in references:
             model, name = reference
-            references[seed] = draw(model, next((r for r in recipes if r.name == name), None) or parse_recipe(name),
-                                    seed)[0]
+            keep(seed, draw(model, next((r for r in recipes if r.name == name), None) or parse_recipe(name), seed)[0])
         return references[seed]
 
     rows = []
@@ -83,7 +98,7 @@ def sweep(cache: PipelineCache, family, models: list[str], recipes: list[Recipe]
                     continue
                 images, seconds, settings = draw(model, recipe, seed)
                 if reference and (model, recipe.name) == reference:
-                    references[seed] = images
+                    keep(seed, images)
                 is_reference = reference is None or (model, recipe.name) == reference
                 macs, _ = cache.macs(model, images[0].size[0])
                 row = {"model": model, "recipe": recipe.name, "seed": seed, "n": len(prompts),
