@@ -238,7 +238,9 @@ def test_toy_recipes_json():
     for row in rows:
         assert 0 <= row["overall"] <= 1 and row["seconds"] > 0 and row["n"] == 6 and row["held_out"] is None
         assert all(0 <= row[task] <= 1 for task in ("single_object", "counting", "color_attr"))
-    assert all(15 < row["psnr_to_reference"] < 100 for row in rows[2:])
+    # the teacher was not consistency-distilled: its LCM images are drawn and scored, but far from its own `paper`
+    assert all(15 < r["psnr_to_reference"] < 100 for r in rows[2:] if r["model"] != "toy-teacher" or r["recipe"] == "fast")
+    assert all(5 < r["psnr_to_reference"] < 100 for r in rows[2:])
     paper, fast, lcm, lcm_2 = (rows[i]["unet_macs_per_image"] for i in (0, 2, 4, 6))
     assert paper / fast == pytest.approx(26 * 2 / (12 * 2 / 2))  # PNDM: 26 guided calls; 12 guided, half in full
     assert paper / lcm == pytest.approx(26 * 2 / 4) and paper / lcm_2 == pytest.approx(26 * 2 / 2)  # no CFG batch

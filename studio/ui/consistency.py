@@ -56,7 +56,7 @@ def build(app: gr.Blocks, studio: Studio, tab: gr.Tab) -> None:
             ode_teacher = inputs.Radio(["teacher", "student"], value="teacher", label="ODE teacher")
         with gr.Row():
             data_source = inputs.Radio(list(DATA_SOURCES), value=family.train_data or (list(DATA_SOURCES) or [None])[0],
-                                       label="Captions and images from")
+                                       label="Data (captions, and images unless the teacher draws them)")
             teacher_images = inputs.Number(value=0, precision=0,
                                            label="Teacher images (0: the data's own; N: the teacher draws N)")
         with gr.Row():
