@@ -64,10 +64,10 @@ def add_lora(unet, config: ConsistencyConfig) -> None:
     """LCM-LoRA's targets: attention projections, feed-forward and the resnets' convolutions."""
     from peft import LoraConfig
 
-    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-               "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+    from studio.adapters import LCM_LORA_TARGETS
+
     unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                target_modules=targets))
+                                target_modules=list(LCM_LORA_TARGETS)))
 
 
 def consistency_distill(config: ConsistencyConfig, callback: Callback | None = None) -> Path:
