@@ -9,6 +9,7 @@ import studio.toy  # noqa: F401  (the toy world plugs in its data source and jud
 from studio.catalog import load_catalog
 from studio.options import add_arguments, from_args
 from studio.ui.app import build_app
+from studio.ui.fairness import queue_app
 from studio.ui.hosting import Hosting, launch_options
 
 
@@ -32,13 +33,12 @@ def main() -> None:
     add_arguments(hosting, Hosting)
     for f in fields(Hosting):  # every hosting flag can also come from a STUDIO_<NAME> variable
         if (value := env(f"STUDIO_{f.name.upper()}")) is not None:
-            parser.set_defaults(**{f.name: value.lower() in ("1", "true", "yes") if f.type is bool
+            parser.set_defaults(**{f.name: value.lower() in ("1", "true", "yes") if f.type in (bool, bool | None)
                                    else f.type(value)})
     args = parser.parse_args()
     hosting = from_args(Hosting, args)
     app = build_app(load_catalog(), args.family, args.device, args.data_dir, hosting)
-    # One model run at a time per device (the compare and img2img events share one concurrency slot).
-    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    queue_app(app, hosting, args.queue_size)
     app.launch(server_name=args.host, server_port=args.port, mcp_server=args.mcp, prevent_thread_lock=True,
                **launch_options(hosting))
     if args.mcp and not app.mcp_server:  # gradio only prints why its MCP server did not start

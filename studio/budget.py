@@ -76,18 +76,25 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
+def size_text(size: float) -> str:
+    """Bytes for people: GB from a gigabyte up, MB below (a 0.05 GB budget is not "0.0 GB")."""
+    return f"{size / GB:.2f} GB" if size >= GB else f"{size / 1024**2:.1f} MB"
+
+
 def check_disk(estimate: dict[str, int], folder: Path, limits: JobLimits, owner_bytes: int = 0) -> None:
-    """Refuse a job whose estimate would leave less than `min_free_bytes` on the disk, or pass the owner's budget."""
+    """Refuse a job whose estimate (what it writes, and what its upload unpacks to) would leave less than
+    `min_free_bytes` on the disk, or pass the owner's budget."""
     need = sum(estimate.values())
-    parts = ", ".join(f"{name} {size / GB:.2f} GB" for name, size in estimate.items() if size)
-    free = shutil.disk_usage(folder).free
+    parts = ", ".join(f"{name} {size_text(size)}" for name, size in estimate.items() if size)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the job folder may not exist yet
+    free = shutil.disk_usage(existing).free
     if free - need < limits.min_free_bytes:
-        raise QuotaError(f"disk: this job may write {need / GB:.2f} GB ({parts}) and {free / GB:.2f} GB are free "
-                         f"(keeping {limits.min_free_bytes / GB:.1f} GB spare); fewer steps or a lower "
+        raise QuotaError(f"disk: this job may write {size_text(need)} ({parts}) and {size_text(free)} are free "
+                         f"(keeping {size_text(limits.min_free_bytes)} spare); fewer steps or a lower "
                          "checkpoint limit write less, or delete old jobs")
     if limits.max_owner_bytes is not None and owner_bytes + need > limits.max_owner_bytes:
-        raise QuotaError(f"disk: your jobs and images hold {owner_bytes / GB:.2f} GB and this job may write "
-                         f"{need / GB:.2f} GB ({parts}); each visitor may keep {limits.max_owner_bytes / GB:.1f} GB. "
+        raise QuotaError(f"disk: your jobs and images hold {size_text(owner_bytes)} and this job may write "
+                         f"{size_text(need)} ({parts}); each visitor may keep {size_text(limits.max_owner_bytes)}. "
                          "Old jobs expire, or choose a smaller job")
 
 

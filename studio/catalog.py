@@ -87,6 +87,7 @@ class Family:
     recipe_report: str | None = None  # a measured models x recipes table (markdown; its plot beside it as .png)
     sensitivity_map: str | None = None  # the family teacher's block sensitivity (JSON; its heat map beside it as .png)
     lcm_adapter: str | None = None  # a published LCM-LoRA for the teacher (hub id or ./folder), for the lcm recipes
+    safety_checker: str | None = None  # diffusers' safety checker for the family's images (studio/safety.py)
 
     @property
     def prompt_set_path(self) -> Path | None:

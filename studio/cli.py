@@ -12,6 +12,7 @@ from pathlib import Path
 
 from studio.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.commands import KINDS
+from studio.bench_cli import add_bench_commands
 from studio.jobs.cli import add_jobs_commands
 from studio.options import add_arguments, from_args
 from studio.progress import TqdmProgress
@@ -81,38 +82,6 @@ def cmd_profile(args) -> None:
     for part, count in report["components"].items():
         if count is not None:
             print(f"shared {part.replace('_', ' ')}: {count:,} parameters")
-
-
-def cmd_bench(args) -> None:
-    from studio.bench import bench_unets
-
-    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    report = bench_unets(
-        args.teacher, tuple(args.arch), args.resolution, args.batch, args.warmup, args.repeats,
-        args.device, args.dtype, log=log,
-    )
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"\nU-Net forward, {args.teacher} at {report['resolution']}x{report['resolution']}, batch {report['batch']}, "
-          f"{report['device']} {report['dtype']}, {report['threads']} threads; "
-          f"median of {report['repeats']} after {report['warmup']} warm-up, interleaved")
-    print(f"{'arch':24} {'median':>9} {'speed-up':>9} {'MAC ratio (paper)':>18}")
-    for row in report["rows"]:
-        print(f"{row['arch']:24} {row['median_s']:>8.3f}s {row['speedup']:>8.2f}x {row['macs_ratio']:>17.2f}x")
-
-
-def cmd_bench_pipeline(args) -> None:
-    from studio.pipeline_bench import bench_pipelines, format_report
-
-    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    report = bench_pipelines(args.teacher, tuple(args.arch), tuple(args.recipes), args.resolution, args.batch,
-                             args.warmup, args.repeats, args.device, args.dtype, log=log)
-    if args.json:
-        context = {k: report[k] for k in ("teacher", "resolution", "batch", "device", "dtype", "threads", "guidance")}
-        print(json.dumps([{**row, **context} for row in report["rows"]], indent=2))
-        return
-    print(format_report(report))
 
 
 def cmd_toy_data(args) -> None:
@@ -267,26 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(profile)
     profile.set_defaults(run=cmd_profile)
 
-    bench = commands.add_parser("bench", help="latency benchmarks")
-    bench_targets = bench.add_subparsers(dest="target", required=True)
-    unet = bench_targets.add_parser("unet", help="one U-Net forward: teacher against each student")
-    add_model_args(unet)
-    unet.add_argument("--warmup", type=int, default=1)
-    unet.add_argument("--repeats", type=int, default=3)
-    unet.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    unet.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
-    unet.set_defaults(run=cmd_bench)
-    pipeline = bench_targets.add_parser("pipeline", help="whole images: teacher and students under recipes")
-    add_model_args(pipeline)
-    pipeline.set_defaults(arch=["tiny"])
-    pipeline.add_argument("--recipes", nargs="+", default=["paper", "fast"],
-                          help="preset names, each optionally with :knob=value overrides, e.g. "
-                               "'paper:scheduler=DPM++ 2M Karras:steps=12' (the teacher with paper always runs)")
-    pipeline.add_argument("--warmup", type=int, default=0, help="untimed rounds (each pipeline also runs one step first)")
-    pipeline.add_argument("--repeats", type=int, default=1)
-    pipeline.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    pipeline.add_argument("--dtype", help="fp32, fp16 or bf16 for every recipe (default: each recipe's own)")
-    pipeline.set_defaults(run=cmd_bench_pipeline)
+    add_bench_commands(commands, add_model_args)
     coverage = commands.add_parser("adapter-coverage", help="how many modules of a teacher's LoRA adapter (e.g. "
                                    "LCM-LoRA) map onto its block-removed students")
     add_model_args(coverage)

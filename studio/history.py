@@ -30,10 +30,10 @@ class History:
 
     def __init__(self, folder: Path | str, keep: int = 200):
         self.folder = Path(folder)
-        self.keep = keep
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep  # the folder is made by the first image (a visitor who only looks writes nothing)
 
     def save(self, image: Image.Image, settings: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
         info = PngInfo()
         info.add_text("parameters", describe(settings))
         info.add_text("studio", json.dumps(settings))

@@ -1,10 +1,26 @@
-"""Image helpers every part shares: uploads to RGB squares, tensors, grids."""
+"""Image helpers every part shares: uploads checked and turned into RGB squares, tensors, grids."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from studio.limits import MAX_IMAGE_PIXELS
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header promises more pixels than the studio decodes."""
+
+
+def check_pixels(image: Image.Image, field: str, limit: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an opened (not yet decoded) image over `limit` pixels: PIL reads the size from the header, so a
+    decompression bomb is turned away before it costs memory."""
+    width, height = image.size
+    if width * height > limit:
+        raise ImageTooLarge(f"{field}: {width}x{height} pixels ({width * height / 1e6:.1f} Mpx) is over the limit "
+                            f"of {limit / 1e6:.0f} Mpx; scale the image down first")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -22,16 +38,22 @@ def square(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(to_rgb(image), (size, size), Image.Resampling.LANCZOS)
 
 
-def open_image(path: "str | Path") -> Image.Image:
-    """A fully read image, or ValueError saying the file is not one."""
+def open_image(path: "str | Path", field: str = "image", limit: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A fully read image, or ValueError naming `field`: no file, not an image, or over `limit` pixels (checked
+    from the header, before decoding). Messages never show the server's path."""
     if path is None:
-        raise ValueError("no image given; upload a PNG, JPEG or WebP")
+        raise ValueError(f"{field}: no image given; upload a PNG, JPEG or WebP")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as problem:
-        raise ValueError(f"the upload {Path(str(path)).name} is not a readable image ({problem})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            with Image.open(path) as image:
+                check_pixels(image, field, limit)
+                image.load()
+                return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as problem:
+        reason = "not an image" if isinstance(problem, UnidentifiedImageError) else "corrupt or truncated"
+        raise ValueError(f"{field}: the upload {Path(str(path)).name} is not a readable image ({reason}); upload a "
+                         "PNG, JPEG or WebP") from None
 
 
 def to_tensor(image: Image.Image, flip: bool = False) -> torch.Tensor:

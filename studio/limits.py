@@ -12,6 +12,9 @@ MAX_TRAINING_SEED = 2**31 - 1  # trainers mix it with steps (studio.training.der
 # DreamBooth uploads: photos per job and bytes per photo.
 MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
+# Every image the studio takes (img2img, DreamBooth photos, dataset images), read from its header before any
+# pixel is decoded: far above any camera's, far below a decompression bomb's (13000x13000 in 328 kB of PNG).
+MAX_IMAGE_PIXELS = 40_000_000
 # The samplers studio.generation builds (its SCHEDULERS table must list exactly these).
 SCHEDULER_NAMES = ("PNDM", "DDIM", "DPM-Solver++", "DPM++ 2M Karras", "UniPC", "Euler", "LCM")
 # Experiment trackers a training run can report to beside metrics.csv (studio/trackers.py).

@@ -207,7 +207,7 @@ def write_card(out: Path, kind: str, config, steps: int, final_losses: dict, tra
                trainable_params: int, **result) -> dict:
     """card.json, one schema for every trainer; `result` holds what this kind of run adds."""
     card = {"kind": kind, "steps": steps, "final_losses": final_losses, "train_seconds": round(train_seconds, 1),
-            **peak_memory(), "trainable_params": trainable_params, "result": result,
+            **peak_memory(), "threads": torch.get_num_threads(), "trainable_params": trainable_params, "result": result,
             "config": asdict(config)}
     (Path(out) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card

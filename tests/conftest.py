@@ -145,12 +145,13 @@ def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, fa
     """The app on `family` (local, or as `hosting` says), served on a free port; yields its URL. On exit
     the server closes and any job it left running is killed."""
     from studio.ui.app import build_app
+    from studio.ui.fairness import queue_app
     from studio.ui.hosting import Hosting, launch_options
 
     hosting = hosting or Hosting(public=False)
     app = build_app(catalog, family=family, data_dir=data_dir, hosting=hosting)
     port = free_port()
-    app.queue(max_size=queue_size, default_concurrency_limit=1).launch(
+    queue_app(app, hosting, queue_size).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, mcp_server=mcp,
         **launch_options(hosting))
     try:

@@ -24,6 +24,8 @@ FORBIDDEN = {
     "studio.images": TRAINERS + ABOVE_TRAINERS,
     "studio.options": TRAINERS + ABOVE_TRAINERS,
     "studio.progress": TRAINERS + ABOVE_TRAINERS,
+    "studio.safety": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
+    "studio.cpu": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation"),
     "studio.distillation": ABOVE_TRAINERS + ("studio.consistency", "studio.personalization", "studio.evaluation"),
     # consistency distillation reads the KD job's data sources (studio.distillation.data), and nothing else of it
     "studio.consistency": ABOVE_TRAINERS + ("studio.personalization", "studio.evaluation"),
@@ -34,6 +36,7 @@ FORBIDDEN = {
     "studio.commands": ("studio.ui", "studio.cli", "studio.jobs", "studio.toy"),
     "studio.budget": ("studio.ui", "studio.cli", "studio.jobs", "studio.workspaces", "studio.toy"),
     "studio.workspaces": ("studio.ui", "studio.cli", "studio.toy"),
+    "studio.contention": ("studio.ui", "studio.cli", "studio.toy"),
     "studio.ui": ("studio.cli", "studio.toy"),
     "studio.toy": ("studio.ui", "studio.cli", "studio.jobs"),
 }

@@ -6,6 +6,7 @@ import zipfile
 import pytest
 import torch
 
+from studio.cpu import CpuBudget
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.ui.common import Studio, job_rows, job_view
 from studio.ui.train import train_start
@@ -66,8 +67,9 @@ def test_zip_entries_outside_the_archive_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_catalog, tmp_path):
-    jobs = JobManager(tmp_path / "jobs")
+    jobs = JobManager(tmp_path / "jobs", cpu=CpuBudget(2))
     job_id, text = start(jobs, tiny_catalog, steps=4)
+    assert jobs.running_threads(2) == [1] and CpuBudget(2).generation_share([1]) == 1
     assert job_id and "started" in text
     assert jobs.wait(job_id, timeout=240) == "finished", (tmp_path / "jobs" / job_id / "log.txt").read_text()
     rows = job_rows(jobs, "distill")
@@ -76,6 +78,8 @@ def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_c
     assert validation.endswith("step-000004.png")  # teacher vs student on the family's validation prompts
     assert {c["term"] for c in curves} == {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"}
     assert "finished" in status and f"job-{job_id}" in status
+    card = json.loads((jobs.run_folder(job_id) / "card.json").read_text())
+    assert card["threads"] == 1  # its share of a 2-thread budget (studio/cpu.py), not every core
     # A fresh manager (an app restart) reads the same state from disk.
     assert JobManager(tmp_path / "jobs").status(job_id).state == "finished"
     catalog = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path).current_catalog()
@@ -170,3 +174,19 @@ def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
     ids = tokenize(base.tokenizer, ["a sks cat"])
     with torch.no_grad():  # the text encoder's LoRA loaded and changes what the prompt means to the U-Net
         assert not torch.allclose(base.text_encoder(ids)[0], tuned.text_encoder(ids)[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_contention_bench_measures_both_settings_in_one_run(tiny_catalog):
+    from studio.contention import bench_contention, format_report
+
+    report = bench_contention(["tiny-teacher", "tiny-small"], "paper", threads=2, arch="small", batch_size=2,
+                              repeats=1, window=2.0, log=lambda message: None, catalog=tiny_catalog)
+    budgeted, unplanned = report["rows"]
+    assert (budgeted["job_threads"], budgeted["generation_threads"]) == (1, 1)
+    assert unplanned["job_threads"] is None
+    for row in report["rows"]:
+        assert row["compare_alone_s"] > 0 and row["job_alone_steps_s"] > 0 and row["job_with_compare_steps_s"] > 0
+        assert row["compare_slowdown"] == pytest.approx(row["compare_with_job_s"] / row["compare_alone_s"])
+    table = format_report(report)
+    assert "| with the CPU budget | 1 / 1 |" in table and "without a budget" in table

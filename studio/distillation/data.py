@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from studio.images import square, to_tensor
+from studio.images import ImageTooLarge, check_pixels, square, to_tensor
 
 MAX_BAD_FRACTION = 0.1
 
@@ -45,7 +45,7 @@ class ImageFolderData:
         rows, skipped = [], []
         lines = [line for line in metadata.read_text().splitlines() if line.strip()]
         if not lines:
-            raise DataError(f"{metadata} is empty: no image-caption pairs to train on")
+            raise DataError("metadata.jsonl is empty: no image-caption pairs to train on")
         for number, line in enumerate(lines, start=1):
             try:
                 row = json.loads(line)
@@ -62,13 +62,17 @@ class ImageFolderData:
                 continue
             try:
                 with Image.open(path) as image:
+                    check_pixels(image, f"line {number}: {name}")
                     image.verify()
-            except (OSError, UnidentifiedImageError):
+            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError):
                 skipped.append(f"line {number}: {name} is missing or not a readable image")
+                continue
+            except ImageTooLarge as problem:
+                skipped.append(str(problem))
                 continue
             rows.append({"path": path, "text": text})
         if len(skipped) > MAX_BAD_FRACTION * len(lines) or not rows:
-            raise DataError(f"{len(skipped)} of {len(lines)} rows in {metadata} are unusable, e.g. "
+            raise DataError(f"{len(skipped)} of {len(lines)} rows of metadata.jsonl are unusable, e.g. "
                             + "; ".join(skipped[:3]))
         return rows, skipped
 

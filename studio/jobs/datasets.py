@@ -1,31 +1,42 @@
 """Uploaded datasets: an imagefolder zip, unpacked into a job's folder only when it is safe and within the limits."""
 
 import zipfile
+import zlib
 from pathlib import Path
 
-from studio.budget import JobLimits
+from studio.budget import JobLimits, size_text
 from studio.jobs.store import JobError
 
 MAX_ZIP_MEMBERS = 100_000
 
 
+def _open_zip(upload: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError):
+        raise JobError(f"data: the upload {Path(upload).name} is not a valid zip file; upload a .zip in the "
+                       "imagefolder layout") from None
+
+
+def unpacked_bytes(upload: Path) -> int:
+    """What a zip unpacks to, read from its central directory (nothing is extracted): the disk budget counts it."""
+    with _open_zip(upload) as archive:
+        return sum(m.file_size for m in archive.infolist())
+
+
 def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits()) -> Path:
-    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe, oversized or bomb-like archives.
+    """Unpack an uploaded imagefolder zip into `dest`; refuses unsafe, oversized, bomb-like or damaged archives.
 
     Returns the folder holding metadata.jsonl (the zip's root or its single top folder).
     """
-    try:
-        archive = zipfile.ZipFile(upload)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise JobError(f"the upload {Path(upload).name} is not a valid zip file ({error})") from None
-    with archive:
+    with _open_zip(upload) as archive:
         members = archive.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
-            raise JobError(f"the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
+            raise JobError(f"data: the zip holds {len(members)} entries; the most allowed is {MAX_ZIP_MEMBERS}")
         total, packed = sum(m.file_size for m in members), sum(m.compress_size for m in members)
         if total > limits.max_zip_bytes:
-            raise JobError(f"data: the zip unpacks to {total / 1e9:.2f} GB; at most "
-                           f"{limits.max_zip_bytes / 1e9:.2f} GB is allowed")
+            raise JobError(f"data: the zip unpacks to {size_text(total)}; at most "
+                           f"{size_text(limits.max_zip_bytes)} is allowed")
         if total > limits.max_zip_ratio * max(packed, 1) and total > 1024**2:
             raise JobError(f"data: the zip unpacks to {total / max(packed, 1):.0f} times its size; at most "
                            f"{limits.max_zip_ratio:.0f} times is allowed (images barely compress; is it a zip bomb?)")
@@ -34,11 +45,14 @@ def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits(
         for member in members:
             target = (dest / member.filename).resolve()
             if not target.is_relative_to(root) or member.filename.startswith("/"):
-                raise JobError(f"the zip entry {member.filename!r} points outside the archive; refused")
-        archive.extractall(dest)
+                raise JobError(f"data: the zip entry {member.filename!r} points outside the archive; refused")
+        try:
+            archive.extractall(dest)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:  # a bad CRC, a cut file
+            raise JobError(f"data: the zip is damaged ({error}); zip the folder again and upload it") from None
     candidates = [dest] + [p for p in dest.iterdir() if p.is_dir()]
     for folder in candidates:
         if (folder / "metadata.jsonl").is_file():
             return folder
-    raise JobError("the zip has no metadata.jsonl (at its root or in one top folder); the imagefolder layout needs "
+    raise JobError("data: the zip has no metadata.jsonl (at its root or in one top folder); the imagefolder layout needs "
                    "one line per image with file_name and text")

@@ -22,6 +22,7 @@ import psutil
 from studio.budget import JobLimits, check_caps, check_disk, check_running, folder_bytes
 from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, entries_beyond_packaged, load_catalog, write_catalog
 from studio.commands import job_kind
+from studio.cpu import CpuBudget
 from studio.jobs.store import JobError, JobStore, read_json, group_alive, write_json
 
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, a job has this long to checkpoint and stop before SIGKILL
@@ -32,13 +33,20 @@ class JobManager(JobStore):
     """The store of one folder's jobs, and their processes, within `limits`.
 
     `running_elsewhere()` counts the running jobs of other managers (other visitors) for the total quota.
-    The owner's disk use is everything under the folder's parent (its jobs and images).
+    The owner's disk use is everything under the folder's parent (its jobs and images). With a `cpu` budget, a job
+    gets its share of the threads when it starts (studio/cpu.py); without, torch's default (all cores).
     """
 
-    def __init__(self, root: Path | str, limits: JobLimits = JobLimits(), running_elsewhere=lambda: 0):
+    def __init__(self, root: Path | str, limits: JobLimits = JobLimits(), running_elsewhere=lambda: 0,
+                 cpu: CpuBudget | None = None):
         super().__init__(root)
-        self.limits, self.running_elsewhere = limits, running_elsewhere
+        self.limits, self.running_elsewhere, self.cpu = limits, running_elsewhere, cpu
         self._children: dict[str, subprocess.Popen] = {}  # runners this process started, reaped on poll
+
+    @property
+    def launched(self) -> bool:
+        """Whether this manager has started (or resumed) a job since it was made."""
+        return bool(self._children)
 
     def _reap(self, job_id: str) -> None:
         child = self._children.get(job_id)
@@ -46,12 +54,13 @@ class JobManager(JobStore):
             child.poll()
 
     def create(self, kind: str, config, extra: dict | None = None, prepare=None, catalog: Catalog | None = None,
-               name: str | None = None) -> str:
+               name: str | None = None, prepared_bytes: dict[str, int] | None = None) -> str:
         """A new job of `kind` running `config` (its `out` becomes the job's run/ folder; intervals left at their
         default suit the run's length, JobKind.for_job).
 
         `prepare(folder)` may fill the folder (unpack data, copy photos) and returns config fields to
-        set (e.g. {"data": path}). The job sees the models of `catalog` beyond the packaged ones
+        set (e.g. {"data": path}); `prepared_bytes` is what it will write (a dataset's unpacked size), counted with
+        the job's own estimate. The job sees the models of `catalog` beyond the packaged ones
         (the job's catalog.json, as $STUDIO_MODELS). If preparing or checking fails, the new folder is
         removed and nothing else is touched. Caps, running-job quotas and the disk estimate are checked first.
         """
@@ -63,11 +72,11 @@ class JobManager(JobStore):
         catalog = catalog or load_catalog()
         check_caps(self.limits, config, job.caps)
         self.check_room(1)
-        check_disk(job.estimate_bytes(config, catalog), self.root, self.limits,
+        check_disk({**job.estimate_bytes(config, catalog), **(prepared_bytes or {})}, self.root, self.limits,
                    folder_bytes(self.root.parent) if self.limits.max_owner_bytes is not None else 0)
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
-        folder.mkdir()
+        folder.mkdir(parents=True)
         try:
             config = replace(config, out=str(folder / "run"), **(prepare(folder) if prepare else {}))
             config.check()
@@ -98,13 +107,17 @@ class JobManager(JobStore):
         (folder / "cancel.json").unlink(missing_ok=True)
         env = {**os.environ, EXTRA_CATALOG_ENV: str(folder / "catalog.json"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        threads = self.cpu.job_share(self.running() + self.running_elsewhere()) if self.cpu else None
+        if threads:
+            env.update(CpuBudget.job_environment(threads))
         runner = subprocess.Popen(
             [sys.executable, "-m", "studio.jobs", "RUN", str(folder)], cwd=PROJECT_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: cancel signals runner and job together
         )
         self._children[folder.name] = runner
-        write_json(folder / "runner.json", {"pid": runner.pid, "create_time": psutil.Process(runner.pid).create_time()})
+        write_json(folder / "runner.json", {"pid": runner.pid, "create_time": psutil.Process(runner.pid).create_time(),
+                                            "threads": threads})
 
     def cancel(self, job_id: str, grace: float = CANCEL_GRACE_SECONDS) -> str:
         """SIGTERM to the job's process group (the trainer checkpoints the step it is on, then stops); whatever

@@ -6,7 +6,7 @@ A job is a folder under the jobs root:
     run/        the run's --out (checkpoints, metrics.csv, validation images, result)
     data/       an uploaded dataset, when the job has one
     log.txt     the job's stdout and stderr, across resumes
-    runner.json the runner's pid and start time; exit.json when the job ended; cancel.json once cancelled
+    runner.json the runner's pid, start time and CPU threads; exit.json when the job ended; cancel.json once cancelled
 An app restarted later, or `python -m studio jobs`, reads every job's state from here.
 """
 
@@ -103,8 +103,7 @@ class JobStore:
     launcher's (studio/jobs/launcher.py)."""
 
     def __init__(self, root: Path | str):
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root).resolve()  # made by the first job (a visitor who only looks writes nothing)
 
     def folder(self, job_id: str) -> Path:
         """The job's folder; any id that is not one of this store's jobs is "no such job"."""
@@ -118,6 +117,8 @@ class JobStore:
 
     def ids(self, kind: str | None = None) -> list[str]:
         """Job ids, newest first; only those of `kind` (a registered job kind's name) when given."""
+        if not self.root.is_dir():
+            return []
         specs = [(p.name, read_json(p / "job.json")) for p in self.root.iterdir() if (p / "job.json").is_file()]
         specs = [(name, spec) for name, spec in specs if spec and (kind is None or spec.get("kind") == kind)]
         return [name for name, spec in sorted(specs, key=lambda item: item[1].get("created", 0), reverse=True)]
@@ -164,6 +165,11 @@ class JobStore:
 
     def running(self) -> int:
         return sum(1 for job_id in self.ids() if self.state(job_id)[0] == "running")
+
+    def running_threads(self, default: int) -> list[int]:
+        """The CPU threads each running job was given (`default` for one started without a budget)."""
+        return [(read_json(self.root / job_id / "runner.json") or {}).get("threads") or default
+                for job_id in self.ids() if self.state(job_id)[0] == "running"]
 
     def status(self, job_id: str) -> JobStatus:
         spec = self.spec(job_id)

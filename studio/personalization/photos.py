@@ -12,11 +12,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from studio.images import square
-from studio.limits import MAX_PHOTO_BYTES as MAX_BYTES, MAX_PHOTOS
+from studio.limits import MAX_IMAGE_PIXELS as MAX_PIXELS, MAX_PHOTO_BYTES as MAX_BYTES, MAX_PHOTOS
 
 FORMATS = {"JPEG", "PNG", "WEBP", "HEIF"}  # HEIF (HEIC) only where pillow-heif is installed
 MIN_PHOTOS = 1
-MAX_PIXELS = 40_000_000  # far above any camera's; beyond it a file is likely a decompression bomb
 
 try:  # optional: HEIC from phones
     from pillow_heif import register_heif_opener

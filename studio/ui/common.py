@@ -9,9 +9,10 @@ functions (no Gradio) that raise ValueError-like errors for bad input, which
 import inspect
 import logging
 import random
+import secrets
 import textwrap
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -23,14 +24,16 @@ from studio.budget import QuotaError
 from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
 from studio.commands import KINDS
 from studio.compression import CompressionError
+from studio.cpu import use_threads
 from studio.bench import DTYPES
 from studio.generation import DECODERS, MAX_CACHE_INTERVAL, MAX_TOME_RATIO, SCHEDULERS, PipelineCache
 from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
 from studio.recipes import PRESETS, Recipe
+from studio.safety import SafetyChecker, family_checker, screen_file
 from studio.jobs import JobError, JobManager, read_metrics
 from studio.loading import ModelUnavailableError, in_reach
 from studio.training import TrainingError
-from studio.ui.hosting import Hosting, identity
+from studio.ui.hosting import Hosting, identity, without_paths
 from studio.workspaces import Workspace, Workspaces
 
 INPUT_ERRORS = (ValueError, UnknownModelError, CatalogError, ModelUnavailableError, CompressionError, JobError,
@@ -51,16 +54,24 @@ except ImportError:
 
 
 @contextmanager
-def user_errors():
-    """Bad input becomes a gr.Error naming what was wrong; anything else, too, with its type (never a blank page)."""
+def user_errors(public: bool = False):
+    """Bad input becomes a gr.Error naming what was wrong; anything else, too (never a blank page). In public mode
+    no message shows a server path (nor the visitor key inside one), and a bug is shown as a reference into the
+    server's log, not as its exception."""
     try:
         yield
-    except gr.Error:
+    except gr.Error as error:
+        if public:
+            error.message = without_paths(str(error.message))
         raise
     except INPUT_ERRORS as problem:
-        raise gr.Error(str(problem)) from None
+        raise gr.Error(without_paths(str(problem)) if public else str(problem)) from None
     except Exception as problem:  # a bug: still say what happened
-        logging.getLogger("studio").exception("handler failed")
+        reference = secrets.token_hex(4)
+        logging.getLogger("studio").exception("handler failed (reference %s)", reference)
+        if public:
+            raise gr.Error(f"internal error (reference {reference}): the request failed on the server; it is in "
+                           "the server's log under that reference") from None
         raise gr.Error(f"internal error ({type(problem).__name__}): {problem}") from None
 
 
@@ -75,18 +86,40 @@ class Studio:
     cache: PipelineCache
     workspaces: Workspaces
     hosting: Hosting
+    _checker: SafetyChecker | None = None
+    _screened: dict = field(default_factory=dict)  # (path, mtime) -> the file to show
 
     @classmethod
     def create(cls, catalog: Catalog, family: str, device: str, data_dir: Path,
                hosting: Hosting | None = None) -> "Studio":
         hosting = hosting or Hosting(public=False)
         hosting.check()
-        workspaces = Workspaces(data_dir, hosting.public, hosting.limits(), hosting.expire_seconds)
+        workspaces = Workspaces(data_dir, hosting.public, hosting.limits(), hosting.expire_seconds, hosting.cpu)
         studio = cls(catalog, catalog.family(family), device, PipelineCache(catalog, device), workspaces, hosting)
         if not studio.models():
             families = sorted({e.family for e in catalog})
             raise ValueError(f"no teacher of family {family!r} in the catalogue; families: {', '.join(families)}")
         return studio
+
+    def errors(self):
+        """`user_errors` for this host (public mode hides server paths and internals)."""
+        return user_errors(self.hosting.public)
+
+    def safety(self) -> SafetyChecker | None:
+        """The family's safety checker where this host screens images (loaded on first use), else None."""
+        if not self.hosting.screens_images or not self.family.safety_checker:
+            return None
+        if self._checker is None:
+            self._checker = family_checker(self.family, self.device)
+        return self._checker
+
+    def screened(self, path: str | None) -> str | None:
+        """An image file to show (a job's validation grid): itself, or a placeholder where the checker flags it."""
+        return screen_file(self.safety(), path, self._screened)
+
+    def share_cpu(self) -> int:
+        """Generation's threads now (studio/cpu.py): the budget less what running jobs were given."""
+        return use_threads(self.workspaces.generation_threads())
 
     def workspace(self, request: gr.Request | None = None) -> Workspace:
         """The asking visitor's workspace (public mode), or the one workspace (local mode)."""
@@ -116,7 +149,7 @@ def family_models(catalog: Catalog, family: str) -> list[str]:
 def refresh_models_on_visit(app: gr.Blocks, tab: gr.Tab, studio: Studio, models: gr.CheckboxGroup) -> None:
     """The model choices read again (the visitor's finished students join them) on page load and tab visit."""
     def refresh(chosen, request: gr.Request):
-        with user_errors():
+        with studio.errors():
             names = studio.models(studio.workspace(request))
             return gr.update(choices=names, value=[m for m in chosen or [] if m in names])
 
@@ -331,12 +364,13 @@ class JobMonitor:
             Args:
                 selected: a job id (or a list of ids) from the job table; empty for none
             """
-            with user_errors():
+            with self.studio.errors():
                 rows, curves, text, image = self.status(self.studio.workspace(request).jobs, selected)
+                image = self.studio.screened(image)
                 return (rows, curves, text, image) if self.plot else (rows, text, image)
 
         def choices(selected, request: gr.Request):
-            with user_errors():
+            with self.studio.errors():
                 return self.choices(self.studio.workspace(request).jobs, selected)
 
         gr.on([app.load, tab.select], choices, self.job, self.job, api_visibility="private", queue=False)

@@ -13,8 +13,10 @@ from studio.evaluation.difference import difference_map, fidelity
 from studio.generation import Result, Settings, compare_iter
 from studio.history import read_settings
 from studio.recipes import PRESETS, recipe_name
-from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
-                              user_errors)
+from studio.safety import screen
+from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback,
+                              refresh_models_on_visit)
+from studio.ui.fairness import check_request
 from studio.workspaces import Workspace
 
 READOUT_HEADER = ["| model | recipe | total | U-Net calls (cached) | decode | speed-up vs teacher: same recipe; paper | "
@@ -191,6 +193,16 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
     workspace = workspace or studio.workspace()
     models = list(dict.fromkeys(models or []))
     catalog = studio.current_catalog(workspace)
+    columns = settings if isinstance(settings, list) else [settings]
+    for column in columns:
+        column.check()  # a bad knob is named before the request's size is weighed
+    check_request(studio.hosting, studio.device, catalog, [m for m in models if m in catalog], columns,
+                  img2img=init_image is not None)
+    device = str(studio.cache.device)
+    if device == "cpu" and (threads := studio.share_cpu()) < studio.hosting.threads:
+        device += f" ({threads} of {studio.hosting.threads} threads: running jobs have the rest)"
+    checker = studio.safety()
+    previews = previews and checker is None  # a forming image is not shown before the checker has seen it
     teachers = {catalog.get(m).teacher or m for m in models if m in catalog}
     teacher = teachers.pop() if len(teachers) == 1 else None
     items, results, known = [], [], {}
@@ -203,15 +215,19 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
         if kind == "preview":
             info = item.info
             caption = f"{info['model']}: step {item.done}/{item.total} (preview)"
-            yield [*items, (item.preview, caption)], readout_table(results, teacher, str(studio.cache.device), known) \
+            yield [*items, (item.preview, caption)], readout_table(results, teacher, device, known) \
                 if results else "Generating..."
             continue
         result = item
+        result.image, withheld = screen(checker, result.image)
+        if withheld:
+            result.note = (f"{result.model} ({result.settings.recipe}): the safety checker flagged this image; a "
+                           "placeholder is shown instead")
         metadata = {**result.metadata(), "mode": "img2img" if init_image is not None else "txt2img"}
         path = workspace.history.save(result.image, metadata)
         items.append((str(path), f"{result.model} · {result.settings.recipe}: {result.seconds:.2f} s"))
         results.append(result)
-        yield list(items), readout_table(results, teacher, str(studio.cache.device), known)
+        yield list(items), readout_table(results, teacher, device, known)
 
 
 def build(app: gr.Blocks, studio: Studio) -> dict:
@@ -248,7 +264,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
             chosen: catalogue model names, e.g. ["toy-teacher", "toy-bk-tiny"]
             recipes: recipe names for a grid (models down, recipes across); empty for one column with the knobs above
         """
-        with user_errors():
+        with studio.errors():
             workspace = studio.workspace(request)
             settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, 0.75,
                                               guidance_stop, cache_interval, tome_ratio, decoder, dtype,
@@ -259,13 +275,13 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
                 yield items, text, workspace.history.recent()
 
     def on_load(request: gr.Request):
-        with user_errors():
+        with studio.errors():
             return studio.workspace(request).history.recent()
 
     def on_select(items, event: gr.SelectData, request: gr.Request):
         if not items:
             return None, None, None, ""
-        with user_errors():
+        with studio.errors():
             catalog = studio.current_catalog(studio.workspace(request))
             return (items[event.index][0], *difference_view(items, event.index, catalog))
 

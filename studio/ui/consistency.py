@@ -8,7 +8,7 @@ from studio.distillation.data import DATA_SOURCES
 from studio.jobs import JobManager
 from studio.options import check_text
 from studio.ui import inputs
-from studio.ui.common import JobMonitor, Studio, endpoint, job_action, number, user_errors
+from studio.ui.common import JobMonitor, Studio, endpoint, job_action, number
 
 
 def students(catalog: Catalog, family: str) -> list[str]:
@@ -94,7 +94,7 @@ def build(app: gr.Blocks, studio: Studio, tab: gr.Tab) -> None:
             low: the lowest guidance scale drawn (full)
             high: the highest guidance scale drawn (full), the fixed scale (lora)
         """
-        with user_errors():
+        with studio.errors():
             jobs = studio.workspace(request).jobs
             job_id, text = consistency_start(jobs, studio.current_catalog(studio.workspace(request)), student_name,
                                              mode_name, ode, data, images, step_count, learning_rate, batch, low, high)
@@ -107,7 +107,7 @@ def build(app: gr.Blocks, studio: Studio, tab: gr.Tab) -> None:
         Args:
             job_id: the job's id
         """
-        with user_errors():
+        with studio.errors():
             return job_action(studio.workspace(request).jobs.cancel, job_id)
 
     @endpoint("consistency_resume")
@@ -117,11 +117,11 @@ def build(app: gr.Blocks, studio: Studio, tab: gr.Tab) -> None:
         Args:
             job_id: the job's id
         """
-        with user_errors():
+        with studio.errors():
             return job_action(studio.workspace(request).jobs.resume, job_id)
 
     def refresh(chosen, request: gr.Request):
-        with user_errors():
+        with studio.errors():
             catalog = studio.current_catalog(studio.workspace(request))
             names = students(catalog, family.name)
             return gr.update(choices=names, value=chosen if chosen in names else default_student(catalog, names))

@@ -17,9 +17,11 @@ from studio.personalization.config import DreamBoothConfig
 from studio.personalization.dreambooth import load_personalized
 from studio.personalization.photos import PhotoLimits, check_photos, import_photos
 from studio.profiling import input_geometry
+from studio.safety import screen
 from studio.options import check_text
 from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, chosen_models, endpoint, job_action, number, on_gpu,
-                              refresh_models_on_visit, selected_jobs, user_errors)
+                              refresh_models_on_visit, selected_jobs)
+from studio.ui.fairness import check_request
 from studio.workspaces import Workspace
 
 
@@ -85,7 +87,12 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
     finished = [j for j in job_ids if jobs.spec(j)["kind"] == "dreambooth" and jobs.state(j)[0] == "finished"]
     if not finished:
         raise ValueError("jobs: none of the chosen jobs has finished yet")
-    items, lines = [], ["| model | image time | training time | peak memory while training |",
+    models = [jobs.spec(j)["config"]["model"] for j in finished]
+    check_request(studio.hosting, studio.device, studio.current_catalog(workspace), models,
+                  [Settings(prompt, steps=steps, guidance=guidance)])
+    if studio.device == "cpu":
+        studio.share_cpu()
+    items, notes, lines = [], [], ["| model | image time | training time | peak memory while training |",
                         "| --- | ---: | ---: | ---: |"]
     for job_id in finished:
         model = jobs.spec(job_id)["config"]["model"]
@@ -95,15 +102,18 @@ def dreambooth_results(studio: Studio, job_ids: list[str], prompt: str, seed, st
         start = time.perf_counter()
         image = sample(pipeline, [prompt], [seed], steps, guidance)[0]
         seconds = time.perf_counter() - start
+        image, withheld = screen(studio.safety(), image)
         path = workspace.history.save(image, {"model": f"{model} + dreambooth {job_id}", "prompt": prompt,
                                            "negative_prompt": "", "seed": seed, "steps": steps,
                                            "guidance": guidance,
                                            "scheduler": type(pipeline.scheduler).__name__,
                                            "resolution": image.size[0]})
-        items.append((str(path), f"{model}: {seconds:.2f} s"))
+        items.append((str(path), f"{model}: {seconds:.2f} s" + (" (withheld)" if withheld else "")))
         lines.append(f"| {model} | {seconds:.2f} s | {card['train_seconds']:.0f} s | "
                      f"{card['peak_memory_mb']:.0f} MB ({card['memory_kind']}) |")
-    return items, "\n".join(lines)
+        if withheld:
+            notes.append(f"\n{model}: the safety checker flagged this image; a placeholder is shown instead.")
+    return items, "\n".join(lines + notes)
 
 
 def build(app: gr.Blocks, studio: Studio) -> None:
@@ -152,7 +162,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             mode: LoRA or full
             class_images: images of the class each model draws first, for prior preservation
         """
-        with user_errors():
+        with studio.errors():
             if mode not in ("LoRA", "full"):
                 raise ValueError(f"finetuning: must be LoRA or full, got {mode!r}")
             workspace = studio.workspace(request)
@@ -167,7 +177,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         Args:
             job_ids: a job id or a list of them
         """
-        with user_errors():
+        with studio.errors():
             return job_action(studio.workspace(request).jobs.cancel, job_ids)
 
     @on_gpu
@@ -182,7 +192,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             steps: sampling steps (1 to 100)
             guidance: classifier-free guidance scale (0 to 20)
         """
-        with user_errors():
+        with studio.errors():
             return dreambooth_results(studio, job_ids, prompt, seed, steps, guidance, studio.workspace(request))
 
     photos.change(lambda files: files or [], photos, preview, api_visibility="private", queue=False)

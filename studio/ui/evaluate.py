@@ -10,8 +10,7 @@ from studio.catalog import Catalog
 from studio.evaluation.config import EvalConfig
 from studio.evaluation.prompts import read_prompts
 from studio.jobs import JobManager
-from studio.ui.common import (JobMonitor, Studio, chosen_models, endpoint, number, refresh_models_on_visit,
-                              user_errors)
+from studio.ui.common import JobMonitor, Studio, chosen_models, endpoint, number, refresh_models_on_visit
 
 
 def evaluate_start(jobs: JobManager, catalog: Catalog, models: list[str], prompts_file: str | None, n,
@@ -99,7 +98,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             prompts_file: a BK-SDM metadata.csv or a text file with one prompt per line; empty for the family's set
             n: images per model
         """
-        with user_errors():
+        with studio.errors():
             workspace = studio.workspace(request)
             job_id, text = evaluate_start(workspace.jobs, studio.current_catalog(workspace), chosen, prompts_file, n,
                                           studio.device)

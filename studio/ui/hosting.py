@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from studio.budget import GB, JobLimits
+from studio.cpu import CpuBudget, machine_threads
 from studio.options import check_fields, option
 
 HEADER = "x-studio-visitor"
@@ -44,6 +45,15 @@ class Hosting:
     max_zip_ratio: float = option(100.0, "unpacked / packed size of a dataset zip (both modes)", above=1)
     visitor_disk_gb: float = option(2.0, "public: what one visitor's jobs and images may hold (GB)", above=0)
     expire_hours: float = option(24.0, "public: jobs, uploads and images unchanged this long are deleted", above=0)
+    max_queued_per_visitor: int = option(2, "public: requests one visitor may have waiting or running at once",
+                                         min=1)
+    max_request_cost: float = option(8.0, "public: what one Compare or img2img request may cost, in teacher images "
+                                     "with `paper` at the model's size (models x recipes x steps x guidance batch "
+                                     "x pixels)", above=0)
+    safety_checker: bool | None = option(None, "run the family's safety checker on every image shown or returned "
+                                         "(default: on in public mode, off locally; the toy world has none)")
+    threads: int = option(machine_threads(), "CPU threads the app and its jobs share (default: the cores this "
+                          "process may use); a job gets an equal part, generation what running jobs leave", min=1)
     max_upload_mb: int = option(200, "larger uploads are refused before they reach the app (both modes)", min=1)
     sign_in: bool = option(bool(os.environ.get("OAUTH_CLIENT_ID")), "public: a 'Sign in with Hugging Face' button, so "
                            "a visitor's work follows their account across browsers (default: on where the Space "
@@ -64,8 +74,26 @@ class Hosting:
             max_zip_ratio=self.max_zip_ratio, max_owner_bytes=int(self.visitor_disk_gb * GB))
 
     @property
+    def screens_images(self) -> bool:
+        return self.public if self.safety_checker is None else self.safety_checker
+
+    @property
+    def cpu(self) -> CpuBudget:
+        return CpuBudget(self.threads)
+
+    @property
     def expire_seconds(self) -> float | None:
         return self.expire_hours * 3600 if self.public else None
+
+
+# An absolute path of two or more parts (not a URL's, not a hub id's "owner/name").
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"():,;]+){2,}/?")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: a message for a visitor names the file, never where the
+    server keeps it (a visitor's folder is named by their key)."""
+    return _SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def _oauth_username(request: gr.Request) -> str | None:

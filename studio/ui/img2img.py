@@ -5,8 +5,8 @@ import gradio as gr
 from studio.ui import inputs
 
 from studio.images import open_image
-from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback, refresh_models_on_visit,
-                              user_errors)
+from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback,
+                              refresh_models_on_visit)
 from studio.ui.compare import compare_stream, settings_from_controls
 
 
@@ -25,7 +25,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
     with gr.Tab("img2img") as tab:
         models = inputs.ChoiceList(models_now, value=models_now[:4], label=f"Models ({studio.family.name} family)")
         with gr.Row():
-            init_image = inputs.Image(type="filepath", label="Input image", height=256)
+            init_image = inputs.Image(type="filepath", image_mode=None, label="Input image", height=256)
             strength = inputs.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
         controls = generation_controls(studio.family)
         run = gr.Button("Run img2img", variant="primary")
@@ -44,7 +44,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
             image: the input image
             strength: how far from the input image to go (0.05 to 1)
         """
-        with user_errors():
+        with studio.errors():
             workspace = studio.workspace(request)
             for items, text in img2img_stream(studio, chosen, image, strength, prompt, negative, seed, steps,
                                               guidance, scheduler, resolution, guidance_stop, cache_interval,

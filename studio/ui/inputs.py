@@ -12,27 +12,69 @@ join the choices after the page is built, and an API client, which never loads
 the page, could not name them otherwise.
 """
 
+import base64
+import binascii
+import io
+import warnings
+from pathlib import Path
+
 import gradio as gr
+from PIL import Image as PILImage
+
+from studio.images import ImageTooLarge, check_pixels
+from studio.ui.hosting import without_paths
+
+
+def _file_names(payload) -> list[str] | None:
+    """The names an upload had on the visitor's machine (never where the server keeps it), or None if not a file."""
+    files = getattr(payload, "root", None)
+    files = files if isinstance(files, list) else [payload]
+    if not all(getattr(f, "path", None) is not None or getattr(f, "url", None) for f in files):
+        return None
+    return [getattr(f, "orig_name", None) or Path(getattr(f, "path", None) or "upload").name for f in files]
 
 
 def _shown(payload) -> str:
-    return repr(payload) if len(repr(payload)) <= 80 else repr(payload)[:77] + "..."
+    names = _file_names(payload)
+    shown = repr(names[0] if len(names) == 1 else names) if names is not None else repr(payload)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _labelled(base, accepts: tuple = (), what: str = ""):
+def _pixels_in_header(payload, label: str) -> None:
+    """An uploaded image's size from its header, refused over the studio's pixel limit before gradio decodes it."""
+    path, url = getattr(payload, "path", None), getattr(payload, "url", None) or ""
+    if not path and not url.startswith("data:"):
+        return
+    try:
+        if not path:  # an inline image (a data URL), which gradio would decode in full
+            path = io.BytesIO(base64.b64decode(url.partition(",")[2]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as image:
+                check_pixels(image, label)
+    except ImageTooLarge as problem:
+        raise gr.Error(str(problem)) from None
+    except (OSError, SyntaxError, ValueError, binascii.Error, PILImage.DecompressionBombError):
+        pass  # not an image PIL reads: gradio's preprocess (or the handler) says so
+
+
+def _labelled(base, accepts: tuple = (), what: str = "", check=None):
     """`base` whose errors name its label; with `accepts`, a value of another type (None aside) is refused too,
-    where gradio would turn it into text or a bool."""
+    where gradio would turn it into text or a bool; `check(payload, label)` runs before gradio's preprocess."""
     class Labelled(base):
         is_template = True
 
         def preprocess(self, payload):
+            label = self.label or "input"
             if accepts and payload is not None and (not isinstance(payload, accepts) or isinstance(payload, bool)
                                                     and bool not in accepts):
-                raise gr.Error(f"{self.label or 'input'}: must be {what}, got {_shown(payload)}")
+                raise gr.Error(f"{label}: must be {what}, got {_shown(payload)}")
+            if check is not None:
+                check(payload, label)
             try:
                 return super().preprocess(payload)
             except Exception as error:
-                raise gr.Error(f"{self.label or 'input'}: {_shown(payload)} is not accepted ({error})") from None
+                raise gr.Error(f"{label}: {_shown(payload)} is not accepted ({without_paths(str(error))})") from None
 
     Labelled.__name__ = Labelled.__qualname__ = base.__name__
     return Labelled
@@ -42,7 +84,7 @@ Checkbox = _labelled(gr.Checkbox, (bool,), "true or false")
 CheckboxGroup = _labelled(gr.CheckboxGroup)
 Dropdown = _labelled(gr.Dropdown)
 File = _labelled(gr.File)
-Image = _labelled(gr.Image)
+Image = _labelled(gr.Image, check=_pixels_in_header)
 Number = _labelled(gr.Number, (int, float), "a number")
 Radio = _labelled(gr.Radio, (str,), "one of the choices")
 Slider = _labelled(gr.Slider, (int, float), "a number")

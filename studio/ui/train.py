@@ -12,10 +12,10 @@ from studio.catalog import Catalog, read_configs
 from studio.compression import StudentSpec, plan_student, resolve_spec
 from studio.distillation.config import DistillConfig
 from studio.distillation.data import DATA_SOURCES, DataError, open_data
-from studio.jobs import JobError, JobManager, extract_dataset_zip
+from studio.jobs import JobError, JobManager, extract_dataset_zip, unpacked_bytes
 from studio.profiling import input_geometry, profile_students
 from studio.sensitivity import predict, removed_units
-from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, endpoint, job_action, number, user_errors
+from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, endpoint, job_action, number
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")
 MAX_DESIGN_RESOLUTION = 4096
@@ -122,7 +122,8 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
             raise JobError(f"the dataset zip can't be trained on: {problem}") from None
         return {"data": str(data)}
 
-    job_id = jobs.create("distill", config, prepare=prepare, catalog=catalog)
+    unpacked = {"dataset": unpacked_bytes(Path(upload))} if data_source == "upload" else None
+    job_id = jobs.create("distill", config, prepare=prepare, catalog=catalog, prepared_bytes=unpacked)
     return job_id, f"started job {job_id}: {jobs.spec(job_id)['name']}"
 
 
@@ -181,7 +182,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             keep_innermost: custom only: keep the innermost stage
             resolution: image side in pixels for the MACs; 0 for the teacher's own
         """
-        with user_errors():
+        with studio.errors():
             rows, text = design_table(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost, resolution)
             picture, note = sensitivity_view(studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
                                              next(r[4] for r in rows if r[0].endswith("(yours)")))
@@ -208,7 +209,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             lambda_feat: weight of the feature KD loss
             batch_size: images per step
         """
-        with user_errors():
+        with studio.errors():
             jobs = studio.workspace(request).jobs
             job_id, text = train_start(jobs, studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
                                        data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size)
@@ -221,7 +222,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         Args:
             job_id: the job's id
         """
-        with user_errors():
+        with studio.errors():
             return job_action(studio.workspace(request).jobs.cancel, job_id)
 
     @endpoint("train_resume")
@@ -231,7 +232,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         Args:
             job_id: the job's id
         """
-        with user_errors():
+        with studio.errors():
             return job_action(studio.workspace(request).jobs.resume, job_id)
 
     design_inputs = [teacher, preset, layers, keep_mid, keep_innermost, resolution]
