@@ -23,14 +23,14 @@ from diffusers import (
 from PIL import Image
 
 from studio.acceleration import (
-    LatentPreview, StepCache, TinyDecoderPreview, pipeline_guidance, stop_guidance, token_merging,
+    StepCache, pipeline_guidance, stop_guidance, token_merging,
 )
 from studio.bench import DTYPES, parse_dtype, synchronize
 from studio.catalog import Catalog
+from studio.loading import check_at_hand
 from studio.images import square
-from studio.loading import ModelUnavailableError, load_pipeline, load_tiny_decoder
 from studio.options import check_text
-from studio.profiling import count_unet_macs, meta_unet
+from studio.pipelines import PipelineCache  # noqa: F401  (callers import it from here too)
 from studio.progress import Callback, report
 from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_SEED
 
@@ -193,90 +193,6 @@ def generate(pipeline: StableDiffusionPipeline, prompts: list[str], generators: 
     return Generated(images, cache.full_calls, cache.cached_calls, time.perf_counter() - started)
 
 
-class PipelineCache:
-    """Pipelines loaded on first use and kept, one per model and dtype; a student shares its teacher's components.
-    Tiny decoders and latent previews are kept beside them."""
-
-    def __init__(self, catalog: Catalog, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        self.catalog = catalog
-        self.device = torch.device(device)
-        self.dtype = dtype  # used when no dtype is asked for
-        self._pipelines: dict[tuple[str, torch.dtype], StableDiffusionPipeline] = {}
-        self._decoders: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
-        self._previews: dict[int, TinyDecoderPreview | LatentPreview] = {}
-        self._macs: dict[tuple[str, int], tuple[int, int]] = {}
-        self._adapted: dict[tuple[str, torch.dtype], tuple[StableDiffusionPipeline, str]] = {}
-
-    def loaded(self, name: str, dtype: torch.dtype | None = None) -> bool:
-        return (name, dtype or self.dtype) in self._pipelines
-
-    def get(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-        """The pipeline of `name`, looked up in `catalog` (default: the cache's) when it is not loaded yet."""
-        catalog, dtype = catalog or self.catalog, dtype or self.dtype
-        if (name, dtype) not in self._pipelines:
-            entry = catalog.get(name)
-            teacher = self.get(entry.teacher, catalog, dtype) if entry.role == "student" else None
-            pipeline = load_pipeline(name, catalog, dtype, teacher=teacher).to(self.device)
-            pipeline.set_progress_bar_config(disable=True)
-            _warm_up(pipeline)
-            self._pipelines[(name, dtype)] = pipeline
-        return self._pipelines[(name, dtype)]
-
-    def for_lcm(self, name: str, catalog: Catalog | None = None,
-                dtype: torch.dtype | None = None) -> tuple[StableDiffusionPipeline, str]:
-        """(pipeline, readout note) for LCM sampling: see studio.adapters.with_lcm_adapter."""
-        from studio.adapters import with_lcm_adapter
-
-        catalog, dtype = catalog or self.catalog, dtype or self.dtype
-        if (name, dtype) not in self._adapted:
-            self._adapted[(name, dtype)] = with_lcm_adapter(self.get(name, catalog, dtype), catalog.get(name), catalog)
-        return self._adapted[(name, dtype)]
-
-    def decoder(self, name: str, kind: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
-        """The decoder `kind` ("vae" or "tiny") for model `name`: None for the model's own VAE."""
-        if kind == "vae":
-            return None
-        catalog, dtype = catalog or self.catalog, dtype or self.dtype
-        family = catalog.family(catalog.get(name).family)
-        source = family.tiny_decoder_source
-        if not source:
-            raise ValueError(f"decoder: the {family.name!r} family has no tiny decoder; choose 'vae'")
-        if (source, dtype) not in self._decoders:
-            self._decoders[(source, dtype)] = load_tiny_decoder(source, dtype).to(self.device).eval()
-        return self._decoders[(source, dtype)]
-
-    def preview(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None):
-        """What draws the image so far: the family's tiny decoder when it can be had, else a linear map fitted
-        to the model's VAE (for SD a good approximation; the toy VAE is too far from linear for one)."""
-        pipeline = self.get(name, catalog, dtype)
-        key = id(pipeline.vae)  # chosen once per VAE: a tiny decoder that can't be had is not looked for again
-        if key not in self._previews:
-            try:
-                self._previews[key] = TinyDecoderPreview(self.decoder(name, "tiny", catalog, dtype))
-            except (ValueError, ModelUnavailableError):
-                self._previews[key] = LatentPreview(pipeline.vae)
-        return self._previews[key]
-
-    def macs(self, name: str, resolution: int, catalog: Catalog | None = None) -> tuple[int, int]:
-        """(conv + linear, with attention) MACs of one U-Net call, batch 1, counted on the meta device."""
-        key = (name, resolution)
-        if key not in self._macs:
-            pipeline = self.get(name, catalog)
-            latent = resolution // pipeline.vae_scale_factor
-            count = count_unet_macs(meta_unet(dict(pipeline.unet.config)), (latent, latent), 1,
-                                    pipeline.tokenizer.model_max_length)
-            self._macs[key] = (count.paper, count.total)
-        return self._macs[key]
-
-
-@torch.inference_mode()
-def _warm_up(pipeline: StableDiffusionPipeline) -> None:
-    """One tiny run, so first-call costs (allocations, kernel selection) stay out of the timings."""
-    pipeline("warm up", num_inference_steps=1, guidance_scale=1.0, output_type="latent",
-             generator=torch.Generator().manual_seed(0))
-    synchronize(pipeline.device)
-
-
 class _UNetTimer:
     """Times every U-Net forward, synchronizing the device before and after it."""
 
@@ -351,8 +267,9 @@ def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | l
                  catalog: Catalog | None = None, previews: float = 0.0):
     """`compare`, one result at a time, model by model and within a model settings by settings (a grid's row).
     Every model is loaded before the first image: a model that can't be had stops the comparison before any
-    generation time is spent. Only models of `catalog` (default: the cache's) can be chosen, even when the
-    cache holds others."""
+    generation time is spent. Where they don't fit the cache's memory budget together, each is checked to be at
+    hand, then loaded for its row (others evicted). Only models of `catalog` (default: the cache's) can be
+    chosen, even when the cache holds others."""
     catalog = catalog or cache.catalog
     columns = settings if isinstance(settings, list) else [settings]
     if not models:
@@ -365,18 +282,36 @@ def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | l
     if unknown:
         raise ValueError(f"models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(catalog.names())}")
     cells = [(name, column) for name in models for column in columns]
+    dtypes = list(dict.fromkeys(parse_dtype(column.dtype) for column in columns))
+    together = len(dtypes) == 1 and cache.fits(models, catalog, dtypes[0])
+    if not together:  # over the memory budget: a model at a time, each checked to be at hand first
+        for name in models:
+            check_at_hand(name, catalog)
+    cache.events.clear()
     load_seconds = {}
-    for i, (name, column) in enumerate(cells):
+
+    def load(i, name, column):
         report(callback, "load", i, len(cells), model=name)
         dtype = parse_dtype(column.dtype)
         started, was_loaded = time.perf_counter(), cache.loaded(name, dtype)
         column.check(native_resolution(cache.get(name, catalog, dtype)))
         cache.decoder(name, column.decoder, catalog, dtype)
         load_seconds.setdefault((name, dtype), 0.0 if was_loaded else time.perf_counter() - started)
-    for i, (name, column) in enumerate(cells):
-        result = run_model(cache, name, column, init_image, callback, i, len(cells), catalog, previews)
-        result.load_seconds = load_seconds.pop((name, parse_dtype(column.dtype)), 0.0)
-        yield result
+
+    with cache.hold(models if together else [], dtypes[0]):
+        if together:
+            for i, (name, column) in enumerate(cells):
+                load(i, name, column)
+        for i, (name, column) in enumerate(cells):
+            with cache.hold([name], parse_dtype(column.dtype)):
+                if not together:
+                    load(i, name, column)
+                result = run_model(cache, name, column, init_image, callback, i, len(cells), catalog, previews)
+            result.load_seconds = load_seconds.pop((name, parse_dtype(column.dtype)), 0.0)
+            if cache.events:
+                result.note = "; ".join(filter(None, [result.note, "model memory: " + ", ".join(cache.events)]))
+                cache.events.clear()
+            yield result
 
 
 def sample(pipeline: StableDiffusionPipeline, prompts: list[str], seeds: list[int], steps: int = 25,

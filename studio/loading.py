@@ -105,22 +105,26 @@ def load_pipeline(
     catalog: Catalog | None = None,
     dtype: torch.dtype = torch.float32,
     teacher: StableDiffusionPipeline | None = None,
+    without_unet: bool = False,
 ) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline for a catalogue name or a pipeline folder.
 
     Weights are cast to `dtype` (float32 by default, whatever they were stored in).
 
-    A catalogue student gets its own U-Net and `teacher`'s other components
-    (loaded here when not given).
+    `teacher`: a pipeline of the same teacher (the teacher's, or a sibling student's) whose components other than
+    the U-Net are used, not loaded again. A catalogue student gets its own U-Net and those components (loaded here
+    from its teacher, without the teacher's U-Net, when not given). `without_unet`: the other components only.
     """
     catalog = catalog or load_catalog()
     entry, source = _resolve(ref, catalog)
     if entry is not None and entry.role == "student":
-        teacher = teacher or load_pipeline(entry.teacher, catalog, dtype)
+        teacher = teacher or load_pipeline(entry.teacher, catalog, dtype, without_unet=True)
         unet = load_unet(ref, catalog, dtype).to(teacher.device)
         return share_components(teacher, unet)
+    given = {name: part for name, part in teacher.components.items() if name != "unet"} if teacher else {}
     try:
-        return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, dtype=dtype)
+        return StableDiffusionPipeline.from_pretrained(source, use_safetensors=True, dtype=dtype, **given,
+                                                       **({"unet": None} if without_unet else {}))
     except (OSError, ValueError) as error:
         raise _unavailable(repr(ref), entry, source, error) from error
 
@@ -136,6 +140,17 @@ def load_tiny_decoder(source: str, dtype: torch.dtype = torch.float32) -> Autoen
 def in_reach(source: str, filename: str = "config.json") -> bool:
     """Whether `source` can be loaded without the network: a local folder, or a hub id in the cache."""
     return Path(source).is_dir() or try_to_load_from_cache(source, filename) is not None
+
+
+def check_at_hand(ref: str, catalog: Catalog) -> None:
+    """Raise ModelUnavailableError when a catalogue model (or, for a student, its teacher) can't be loaded without
+    the network; nothing is loaded."""
+    for name in (ref, catalog.get(ref).teacher):
+        if name:
+            entry, source = _resolve(name, catalog)
+            if not in_reach(source, "model_index.json" if entry.role == "teacher" else "config.json") \
+                    and not in_reach(source, "unet/config.json"):
+                raise _unavailable(repr(name), entry, source, FileNotFoundError(f"{source} is not at hand"))
 
 
 def share_components(teacher: StableDiffusionPipeline, unet: UNet2DConditionModel) -> StableDiffusionPipeline:

@@ -144,3 +144,28 @@ def test_img2img_keeps_the_input_at_low_strength(catalog, tmp_path):
 
 def source_caption(index: int) -> str:
     return make_example(index, seed=5)[1]
+
+
+def test_the_model_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(tiny_catalog):
+    from studio.pipelines import ModelMemoryError, PipelineCache
+
+    probe = PipelineCache(tiny_catalog)
+    probe.get("tiny-teacher")
+    teacher_bytes = probe.used_bytes()
+    probe.get("tiny-small")
+    both = probe.used_bytes()
+    small_alone = PipelineCache(tiny_catalog)
+    small_alone.get("tiny-small")  # the teacher's components without its U-Net
+    assert both < teacher_bytes + small_alone.used_bytes()  # shared components count once
+    assert probe.estimate_bytes("tiny-teacher") == 0 and PipelineCache(tiny_catalog).estimate_bytes("tiny-teacher") \
+        == pytest.approx(teacher_bytes, rel=0.05)
+
+    # A budget for one model at a time: the compare of both completes, a model at a time, and says what it evicted.
+    cache = PipelineCache(tiny_catalog, memory_budget=max(teacher_bytes, small_alone.used_bytes()) + 1024)
+    assert not cache.fits(["tiny-teacher", "tiny-small"])
+    results = compare(cache, ["tiny-teacher", "tiny-small"], Settings("a cat", steps=2))
+    assert [r.model for r in results] == ["tiny-teacher", "tiny-small"]
+    assert "model memory: " in results[1].note and "evicted tiny-teacher" in results[1].note
+    assert cache.used_bytes() <= cache.memory_budget and not cache.loaded("tiny-teacher")
+    with pytest.raises(ModelMemoryError, match="models: tiny-teacher needs .* GB model memory budget"):
+        PipelineCache(tiny_catalog, memory_budget=1024).get("tiny-teacher")

@@ -95,7 +95,8 @@ class Studio:
         hosting = hosting or Hosting(public=False)
         hosting.check()
         workspaces = Workspaces(data_dir, hosting.public, hosting.limits(), hosting.expire_seconds, hosting.cpu)
-        studio = cls(catalog, catalog.family(family), device, PipelineCache(catalog, device), workspaces, hosting)
+        cache = PipelineCache(catalog, device, memory_budget=int(hosting.model_memory_gb * 1024**3))
+        studio = cls(catalog, catalog.family(family), device, cache, workspaces, hosting)
         if not studio.models():
             families = sorted({e.family for e in catalog})
             raise ValueError(f"no teacher of family {family!r} in the catalogue; families: {', '.join(families)}")

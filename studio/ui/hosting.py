@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import gradio as gr
+import psutil
 
 from studio.budget import GB, JobLimits
 from studio.cpu import CpuBudget, machine_threads
@@ -52,6 +53,9 @@ class Hosting:
                                      "x pixels)", above=0)
     safety_checker: bool | None = option(None, "run the family's safety checker on every image shown or returned "
                                          "(default: on in public mode, off locally; the toy world has none)")
+    model_memory_gb: float = option(round(psutil.virtual_memory().total / GB / 2, 1), "memory the loaded models may "
+                                    "hold (GB; default: half the machine's, the rest for Python, the page and "
+                                    "jobs); least recently used models are evicted to make room", above=0)
     threads: int = option(machine_threads(), "CPU threads the app and its jobs share (default: the cores this "
                           "process may use); a job gets an equal part, generation what running jobs leave", min=1)
     max_upload_mb: int = option(200, "larger uploads are refused before they reach the app (both modes)", min=1)
