@@ -45,6 +45,14 @@ def cmd_bench_contention(args) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
+def cmd_bench_memory(args) -> None:
+    from studio.memory_bench import bench_memory, format_report
+
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    report = bench_memory(args.teacher, tuple(args.arch), args.budget_gb, args.resolution or 256, args.steps, log=log)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
 def add_bench_commands(commands, add_model_args) -> None:
     bench = commands.add_parser("bench", help="latency benchmarks")
     bench_targets = bench.add_subparsers(dest="target", required=True)
@@ -79,3 +87,10 @@ def add_bench_commands(commands, add_model_args) -> None:
     contention.add_argument("--window", type=float, default=20.0, help="seconds the job's speed is read over")
     contention.add_argument("--json", action="store_true")
     contention.set_defaults(run=cmd_bench_contention)
+    memory = bench_targets.add_parser("memory", help="a Compare of a teacher and its students at real size (random "
+                                      "weights) within a model memory budget below their sum: peak RSS, evictions")
+    add_model_args(memory)
+    memory.set_defaults(arch=["small", "tiny"])
+    memory.add_argument("--budget-gb", type=float, default=5.0)
+    memory.add_argument("--steps", type=int, default=2)
+    memory.set_defaults(run=cmd_bench_memory)

@@ -84,6 +84,15 @@ def cmd_profile(args) -> None:
             print(f"shared {part.replace('_', ' ')}: {count:,} parameters")
 
 
+def cmd_gpu_check(args) -> None:
+    from studio.gpu_check import format_table, gpu_check
+
+    rows = gpu_check(args.device, args.family, job_steps=args.job_steps, bench_512=not args.skip_512)
+    print(format_table(rows, args.device))
+    if not all(row["ok"] for row in rows):
+        sys.exit(1)
+
+
 def cmd_toy_data(args) -> None:
     from studio.toy.data import export_imagefolder
 
@@ -237,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(run=cmd_profile)
 
     add_bench_commands(commands, add_model_args)
+    gpu = commands.add_parser("gpu-check", help="the studio end to end on a device (compare fp32/fp16, img2img, "
+                              "distillation, DreamBooth, evaluation, the 512x512 bench) as one table")
+    gpu.add_argument("--device", default="cuda")
+    gpu.add_argument("--family", default="toy")
+    gpu.add_argument("--job-steps", type=int, default=20)
+    gpu.add_argument("--skip-512", action="store_true", help="leave out the 512x512 pipeline bench")
+    gpu.set_defaults(run=uses_toy_world(cmd_gpu_check))
     coverage = commands.add_parser("adapter-coverage", help="how many modules of a teacher's LoRA adapter (e.g. "
                                    "LCM-LoRA) map onto its block-removed students")
     add_model_args(coverage)
