@@ -294,7 +294,7 @@ def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | l
         report(callback, "load", i, len(cells), model=name)
         dtype = parse_dtype(column.dtype)
         started, was_loaded = time.perf_counter(), cache.loaded(name, dtype)
-        column.check(native_resolution(cache.get(name, catalog, dtype)))
+        column.check(native_resolution(cache.get(name, catalog, dtype, callback)))
         cache.decoder(name, column.decoder, catalog, dtype)
         load_seconds.setdefault((name, dtype), 0.0 if was_loaded else time.perf_counter() - started)
 

@@ -20,8 +20,10 @@ from diffusers import StableDiffusionPipeline
 from studio.acceleration import LatentPreview, TinyDecoderPreview
 from studio.bench import synchronize
 from studio.catalog import Catalog, CatalogError, UnknownModelError, read_configs
+from studio.downloads import ensure_downloaded
 from studio.loading import ModelUnavailableError, load_pipeline, load_tiny_decoder
 from studio.profiling import component_params, count_params, count_unet_macs, meta_unet
+from studio.progress import Callback
 
 GB = 1024**3
 
@@ -139,12 +141,15 @@ class PipelineCache:
         gc.collect()
         self.events.append(f"evicted {name} ({(before - self.used_bytes()) / GB:.2f} GB freed)")
 
-    def get(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-        """The pipeline of `name`, looked up in `catalog` (default: the cache's) when it is not loaded yet."""
+    def get(self, name: str, catalog: Catalog | None = None, dtype: torch.dtype | None = None,
+            callback: Callback | None = None) -> StableDiffusionPipeline:
+        """The pipeline of `name`, looked up in `catalog` (default: the cache's) when it is not loaded yet; a hub
+        model is downloaded first, its bytes reported to `callback` ("download" events)."""
         catalog, dtype = catalog or self.catalog, dtype or self.dtype
         key = (name, dtype)
         if key not in self._pipelines:
             catalog.get(name)  # an unknown name fails here, before anything is evicted
+            ensure_downloaded(name, catalog, callback)
             self._make_room(name, self._need(name, catalog, dtype))
             before = self.used_bytes()
             pipeline = load_pipeline(name, catalog, dtype, teacher=self._donor(name, catalog, dtype))

@@ -25,6 +25,8 @@ FORBIDDEN = {
     "studio.options": TRAINERS + ABOVE_TRAINERS,
     "studio.progress": TRAINERS + ABOVE_TRAINERS,
     "studio.safety": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
+    "studio.downloads": TRAINERS + ABOVE_TRAINERS + ("studio.generation", "studio.pipelines"),
+    "studio.pipelines": TRAINERS + ABOVE_TRAINERS + ("studio.recipes", "studio.pipeline_bench", "studio.generation"),
     "studio.cpu": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation"),
     "studio.distillation": ABOVE_TRAINERS + ("studio.consistency", "studio.personalization", "studio.evaluation"),
     # consistency distillation reads the KD job's data sources (studio.distillation.data), and nothing else of it

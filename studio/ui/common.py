@@ -242,7 +242,10 @@ def progress_callback(progress: gr.Progress):
     """The studio's progress events (studio/progress.py) shown by gr.Progress."""
     def callback(event):
         info = event.info
-        if "models" in info:  # generation: steps of model `index` of `models`
+        if event.task == "download":
+            progress(event.fraction, desc=f"downloading {info['model']}: {event.done / 1024**3:.2f} of "
+                                          f"{event.total / 1024**3:.2f} GB")
+        elif "models" in info:  # generation: steps of model `index` of `models`
             fraction = (info["index"] + event.fraction) / info["models"]
             progress(fraction, desc=f"{info['model']}: {event.task} {event.done}/{event.total}")
         else:
