@@ -33,6 +33,8 @@ class JobKind:
     student: Callable | None = None  # student(stored config JSON) -> (teacher, arch), for kinds that make a student
     checkpoints: int = 4  # a background job checkpoints at least this often over its run ...
     log_rows: int = 20  # ... and writes at least this many metrics rows
+    # estimate_memory(config, catalog) -> {part: bytes}, its peak memory (budget.training_memory); None: not checked
+    estimate_memory: Callable | None = None
 
     def __post_init__(self):
         if self.result not in RESULTS:

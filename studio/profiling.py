@@ -122,6 +122,29 @@ def count_unet_macs(
     return MacCount(paper=totals["paper"], attention=totals["attention"])
 
 
+def unet_activation_bytes(unet: UNet2DConditionModel, latent_size: tuple[int, int], batch: int = 1,
+                          text_tokens: int = DEFAULT_TEXT_TOKENS, bytes_per_value: int = 4) -> int:
+    """What a training forward keeps for the backward pass, roughly: the output of every leaf module (convolutions,
+    linears, norms, activations), counted on meta tensors. Attention probabilities are not leaf outputs and are
+    left out (at 64x64 latents they would add batch x heads x 4096^2 values per attention layer)."""
+    device = next(unet.parameters()).device
+    total = [0]
+
+    def on_leaf(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(on_leaf) for m in unet.modules() if not any(True for _ in m.children())]
+    try:
+        sample = torch.zeros(batch, unet.config.in_channels, *latent_size, device=device)
+        context = torch.zeros(batch, text_tokens, _first(unet.config.cross_attention_dim), device=device)
+        unet(sample, torch.tensor([1], device=device), encoder_hidden_states=context)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0] * bytes_per_value
+
+
 def component_params(configs: dict) -> dict:
     """Parameters of the text encoder and VAE whose configs are given (None if absent)."""
     from transformers import CLIPTextConfig, CLIPTextModel

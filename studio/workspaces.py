@@ -59,9 +59,10 @@ class Workspaces:
     """The workspace of each identity under one data folder; public mode gives every identity its own."""
 
     def __init__(self, data_dir: Path | str, public: bool = False, limits: JobLimits = JobLimits(),
-                 expire_seconds: float | None = None, cpu: CpuBudget | None = None):
+                 expire_seconds: float | None = None, cpu: CpuBudget | None = None, memory_reserved=None):
         self.data_dir = Path(data_dir).resolve()
         self.public, self.limits, self.expire_seconds, self.cpu = public, limits, expire_seconds, cpu
+        self.memory_reserved = memory_reserved
         self._workspaces: dict[str, Workspace] = {}
         self._used: dict[str, float] = {}  # key -> when this process last handed its workspace out
         self._lock = threading.Lock()
@@ -80,7 +81,8 @@ class Workspaces:
         with self._lock:
             self._used[key] = time.time()
             if key not in self._workspaces:
-                jobs = JobManager(root / "jobs", self.limits, lambda: self.running(exclude=key), self.cpu)
+                jobs = JobManager(root / "jobs", self.limits, lambda: self.running(exclude=key), self.cpu,
+                                  self.memory_reserved)
                 self._workspaces[key] = Workspace(key, root, jobs, History(root / "history"))
             return self._workspaces[key]
 

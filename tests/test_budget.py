@@ -13,6 +13,7 @@ from conftest import stop_jobs
 from PIL import Image
 
 from studio.budget import JobLimits, QuotaError, check_disk, folder_bytes
+from studio.catalog import load_catalog
 from studio.commands import KINDS
 from studio.distillation.config import DistillConfig
 from studio.jobs import JobError, JobManager, extract_dataset_zip, write_json
@@ -84,6 +85,27 @@ def test_the_disk_estimate_bounds_what_a_job_writes(tiny_catalog, tmp_path):
         check_disk(estimate, tmp_path, JobLimits(min_free_bytes=10**18))
     with pytest.raises(QuotaError, match="each visitor may keep"):
         check_disk(estimate, tmp_path, JobLimits(max_owner_bytes=sum(estimate.values())), owner_bytes=1)
+
+
+@pytest.mark.slow
+def test_the_memory_estimate_bounds_a_jobs_peak_and_a_job_that_cannot_fit_is_refused(tmp_path):
+    """A toy distillation job at its usual batch: the estimate (process, frozen teacher, what trains, activations)
+    is above its measured peak RSS and not far above it; a job that can't fit beside the app is refused."""
+    config = DistillConfig(teacher="toy-teacher", arch="tiny", data="toy", out="-", steps=3, batch_size=32)
+    estimate = KINDS["distill"].estimate_memory(config, load_catalog())
+    jobs = JobManager(tmp_path / "jobs", memory_reserved=lambda: 0)
+    job_id = jobs.create("distill", config)
+    assert jobs.wait(job_id, timeout=300) == "finished", (jobs.folder(job_id) / "log.txt").read_text()[-2000:]
+    peak = json.loads((jobs.run_folder(job_id) / "card.json").read_text())["peak_memory_mb"] * 1024**2
+    print(f"toy distillation, batch 32: peak RSS {peak / 2**20:.0f} MB, estimate {sum(estimate.values()) / 2**20:.0f}"
+          f" MB ({', '.join(f'{k} {v / 2**20:.0f}' for k, v in estimate.items())})")
+    assert peak <= sum(estimate.values()) <= 1.5 * peak, (peak, estimate)
+
+    crowded = JobManager(tmp_path / "crowded", memory_reserved=lambda: psutil.virtual_memory().total)
+    with pytest.raises(QuotaError, match=r"memory: this job may need .* \(process 768.0 MB, .*activations .*\) and "
+                                         r"0.0 MB are free beside the app's models"):
+        crowded.create("distill", config)
+    assert not crowded.root.exists()  # refused before it had a folder
 
 
 def test_a_zip_bomb_is_refused_before_unpacking(tmp_path):

@@ -37,6 +37,26 @@ def estimate_bytes(config: ConsistencyConfig, catalog) -> dict[str, int]:
             "logs": (config.steps // config.log_every + 1) * METRICS_ROW_BYTES}
 
 
+def estimate_memory(config: ConsistencyConfig, catalog) -> dict[str, int]:
+    """The frozen teacher (its ODE, text encoder, VAE), the student training and its target network (full) or the
+    adapter (LoRA, over the frozen student), and the student's activations at the batch size."""
+    from studio.adapters import lora_params
+    from studio.budget import training_memory
+    from studio.catalog import read_configs
+    from studio.compression import student_config
+    from studio.profiling import component_params, count_params, input_geometry, meta_unet, unet_activation_bytes
+
+    configs = read_configs(config.teacher, catalog)
+    student = meta_unet(read_configs(config.student, catalog)["unet"] if config.student else
+                        student_config(configs["unet"], config.arch))
+    geometry = input_geometry(configs)
+    frozen = count_params(meta_unet(configs["unet"])) + sum(n or 0 for n in component_params(configs).values())
+    frozen += count_params(student) if config.lora else 0
+    trainable = lora_params(student, config.rank) if config.lora else count_params(student)
+    return training_memory(frozen * FLOAT_BYTES, trainable, unet_activation_bytes(
+        student, (geometry.latent,) * 2, config.batch_size, geometry.text_tokens), copies=0 if config.lora else 1)
+
+
 KIND = JobKind(
     name="consistency", config=ConsistencyConfig, run=run, estimate_bytes=estimate_bytes, result="student",
     help="consistency-distill a student so it samples in 1-4 steps (LCM)",
@@ -44,5 +64,5 @@ KIND = JobKind(
     describe=lambda config: f"{config.student or config.arch} of {config.teacher}, LCM {config.mode}, "
                             f"{config.steps} steps",
     caps={"steps": "max_steps", "batch_size": "max_batch_size", "synthetic": "max_class_images"},
-    student=lambda config: (config["teacher"], config["arch"]),
+    student=lambda config: (config["teacher"], config["arch"]), estimate_memory=estimate_memory,
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from studio.budget import JobLimits, check_caps, check_disk, check_running, folder_bytes
+from studio.budget import JobLimits, check_caps, check_disk, check_memory, check_running, folder_bytes
 from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, entries_beyond_packaged, load_catalog, write_catalog
 from studio.commands import job_kind
 from studio.cpu import CpuBudget
@@ -34,13 +34,16 @@ class JobManager(JobStore):
 
     `running_elsewhere()` counts the running jobs of other managers (other visitors) for the total quota.
     The owner's disk use is everything under the folder's parent (its jobs and images). With a `cpu` budget, a job
-    gets its share of the threads when it starts (studio/cpu.py); without, torch's default (all cores).
+    gets its share of the threads when it starts (studio/cpu.py); without, torch's default (all cores). With
+    `memory_reserved`, a job whose kind estimates its peak memory starts only if that fits in what is free less
+    what the app reserves (its model memory budget's unused part).
     """
 
     def __init__(self, root: Path | str, limits: JobLimits = JobLimits(), running_elsewhere=lambda: 0,
-                 cpu: CpuBudget | None = None):
+                 cpu: CpuBudget | None = None, memory_reserved=None):
         super().__init__(root)
         self.limits, self.running_elsewhere, self.cpu = limits, running_elsewhere, cpu
+        self.memory_reserved = memory_reserved  # () -> bytes the app keeps beside jobs; None: memory not checked
         self._children: dict[str, subprocess.Popen] = {}  # runners this process started, reaped on poll
 
     @property
@@ -74,6 +77,8 @@ class JobManager(JobStore):
         self.check_room(1)
         check_disk({**job.estimate_bytes(config, catalog), **(prepared_bytes or {})}, self.root, self.limits,
                    folder_bytes(self.root.parent) if self.limits.max_owner_bytes is not None else 0)
+        if job.estimate_memory is not None and self.memory_reserved is not None:
+            check_memory(job.estimate_memory(config, catalog), self.memory_reserved())
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
         folder.mkdir(parents=True)

@@ -40,10 +40,29 @@ def estimate_bytes(config: DreamBoothConfig, catalog) -> dict[str, int]:
             "logs": (config.steps // config.log_every + 1) * METRICS_ROW_BYTES}
 
 
+def estimate_memory(config: DreamBoothConfig, catalog) -> dict[str, int]:
+    """The model (frozen under LoRA), what trains, and the U-Net's activations for an instance and a class image
+    (prior preservation doubles the batch; gradient checkpointing, on by default, keeps less, not counted)."""
+    from studio.budget import training_memory
+    from studio.catalog import read_configs
+    from studio.profiling import component_params, count_params, input_geometry, meta_unet, unet_activation_bytes
+
+    configs = read_configs(config.model, catalog)
+    unet = meta_unet(configs["unet"])
+    geometry = input_geometry(configs)
+    others = sum(n or 0 for n in component_params(configs).values())
+    lora = config.mode == "lora"
+    trainable = lora_params(unet, config.rank) if lora else count_params(unet)
+    frozen = others + (count_params(unet) if lora else 0)
+    batch = 2 if config.class_images else 1
+    return training_memory(frozen * FLOAT_BYTES, trainable,
+                           unet_activation_bytes(unet, (geometry.latent,) * 2, batch, geometry.text_tokens))
+
+
 KIND = JobKind(
     name="dreambooth", config=DreamBoothConfig, run=run, estimate_bytes=estimate_bytes, result="adapter",
     help="personalize a teacher or student from a few photos",
     total=lambda config: config.steps,
     describe=lambda config: f"{config.model}: {config.instance_prompt}, {config.steps} steps, {config.mode}",
-    caps={"steps": "max_steps", "class_images": "max_class_images"},
+    caps={"steps": "max_steps", "class_images": "max_class_images"}, estimate_memory=estimate_memory,
 )
