@@ -40,8 +40,24 @@ def cmd_bench_contention(args) -> None:
     from studio.contention import bench_contention, format_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    report = bench_contention(args.models, args.recipe, args.threads, args.arch, args.batch_size, args.resolution,
-                              args.repeats, args.window, log=log)
+    if args.random_teacher:  # real sizes: the teacher and the job's student with random weights, native at --resolution
+        import tempfile
+        from pathlib import Path
+
+        from studio.catalog import load_catalog
+        from studio.memory_bench import write_noise_imagefolder, write_random_family
+
+        with tempfile.TemporaryDirectory(prefix="contention-") as folder:
+            log(f"writing {args.random_teacher} and {args.arch} with random weights ...")
+            catalog = load_catalog(write_random_family(args.random_teacher, (args.arch,), Path(folder),
+                                                       args.resolution))
+            data = write_noise_imagefolder(Path(folder) / "data", args.resolution or 512)
+            report = bench_contention(["bench-teacher", f"bench-{args.arch}"], args.recipe, args.threads, args.arch,
+                                      args.batch_size, None, args.repeats, args.window, log=log, catalog=catalog,
+                                      data=str(data))
+    else:
+        report = bench_contention(args.models, args.recipe, args.threads, args.arch, args.batch_size,
+                                  args.resolution, args.repeats, args.window, log=log)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
@@ -85,6 +101,8 @@ def add_bench_commands(commands, add_model_args) -> None:
     contention.add_argument("--threads", type=int, help="the CPU budget (default: the cores)")
     contention.add_argument("--repeats", type=int, default=3)
     contention.add_argument("--window", type=float, default=20.0, help="seconds the job's speed is read over")
+    contention.add_argument("--random-teacher", help="real sizes instead: this catalogue teacher and its --arch "
+                            "student with random weights, native at --resolution (e.g. sd-v1.4 at 256)")
     contention.add_argument("--json", action="store_true")
     contention.set_defaults(run=cmd_bench_contention)
     memory = bench_targets.add_parser("memory", help="a Compare of a teacher and its students at real size (random "

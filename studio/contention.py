@@ -21,7 +21,7 @@ from studio.distillation.config import DistillConfig
 from studio.generation import PipelineCache, Settings, compare_iter
 from studio.jobs.launcher import JobManager
 from studio.jobs.store import read_metrics
-from studio.recipes import PRESETS
+from studio.recipes import parse_recipe
 
 
 def _compare_seconds(cache: PipelineCache, models: list[str], settings: Settings, catalog: Catalog) -> float:
@@ -84,16 +84,16 @@ def _one_setting(budget: CpuBudget | None, models, settings, catalog, job_config
 
 def bench_contention(models: list[str], recipe: str = "paper", threads: int | None = None, arch: str = "tiny",
                      batch_size: int | None = None, resolution: int | None = None, repeats: int = 3,
-                     window: float = 20.0, log=print, catalog: Catalog | None = None) -> dict:
+                     window: float = 20.0, log=print, catalog: Catalog | None = None, data: str | None = None) -> dict:
     """Both settings (with and without the CPU budget); `models[0]`'s teacher is the job's teacher."""
     from studio.cpu import machine_threads
 
     catalog = catalog or load_catalog()
     teacher = catalog.get(models[0]).teacher or models[0]
     family = catalog.family(catalog.get(teacher).family)
-    settings = PRESETS[recipe].apply(Settings(family.prompt or "a photo", seed=0, resolution=resolution),
-                                     family.guidance)
-    job_config = DistillConfig(teacher=teacher, arch=arch, data=family.train_data or "toy", out="-",
+    settings = parse_recipe(recipe).apply(Settings(family.prompt or "a photo", seed=0, resolution=resolution),
+                                          family.guidance)
+    job_config = DistillConfig(teacher=teacher, arch=arch, data=data or family.train_data or "toy", out="-",
                                steps=1_000_000, batch_size=batch_size or family.train_batch_size,
                                lr=family.train_lr, log_every=1, checkpoint_every=1_000_000,
                                checkpoints_total_limit=1)

@@ -20,14 +20,18 @@ from pathlib import Path
 GB = 1024**3
 
 
-def write_random_family(teacher: str, archs: tuple[str, ...], folder: Path) -> Path:
-    """A catalogue (models.json) of `teacher` and its `archs` students with random weights, in `folder`."""
+def write_random_family(teacher: str, archs: tuple[str, ...], folder: Path, resolution: int | None = None) -> Path:
+    """A catalogue (models.json) of `teacher` and its `archs` students with random weights, in `folder`; with
+    `resolution`, their native size is that (the U-Nets' sample_size), so jobs train at it too."""
     import torch
 
     from studio.catalog import load_catalog
     from studio.pipeline_bench import random_pipelines
 
     pipelines, _, _ = random_pipelines(teacher, archs, load_catalog(), torch.device("cpu"), torch.float16)
+    if resolution:
+        for pipeline in pipelines.values():
+            pipeline.unet.register_to_config(sample_size=resolution // pipeline.vae_scale_factor)
     pipelines["teacher"].save_pretrained(folder / "teacher", safe_serialization=True)
     entries = [{"name": "bench-teacher", "source": str(folder / "teacher"), "role": "teacher", "family": "bench"}]
     for arch in archs:
@@ -36,6 +40,21 @@ def write_random_family(teacher: str, archs: tuple[str, ...], folder: Path) -> P
                         "teacher": "bench-teacher", "arch": arch})
     (folder / "models.json").write_text(json.dumps({"families": {"bench": {}}, "models": entries}))
     return folder / "models.json"
+
+
+def write_noise_imagefolder(folder: Path, resolution: int, n: int = 16) -> Path:
+    """An imagefolder of random-noise images and captions: training data whose values don't matter (speed)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a photo number {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def measure(models_json: str, budget_gb: float, resolution: int, steps: int) -> dict:
