@@ -97,7 +97,6 @@ def count_unet_macs(
     unet: UNet2DConditionModel, latent_size: tuple[int, int], batch: int = 1, text_tokens: int = DEFAULT_TEXT_TOKENS
 ) -> MacCount:
     """MACs of one U-Net forward, by running it on meta tensors with hooks."""
-    device = next(unet.parameters()).device
     totals = {"paper": 0, "attention": 0}
 
     def on_layer(module, _inputs, output):
@@ -112,6 +111,14 @@ def count_unet_macs(
             handles.append(module.register_forward_hook(on_layer))
         elif isinstance(module, Attention):
             handles.append(module.register_forward_hook(on_attention, with_kwargs=True))
+    _forward_with_hooks(unet, latent_size, batch, text_tokens, handles)
+    return MacCount(paper=totals["paper"], attention=totals["attention"])
+
+
+def _forward_with_hooks(unet: UNet2DConditionModel, latent_size: tuple[int, int], batch: int, text_tokens: int,
+                        handles: list) -> None:
+    """One forward of `unet` on zeros where its parameters are (the meta device: shapes only), then the hooks go."""
+    device = next(unet.parameters()).device
     try:
         sample = torch.zeros(batch, unet.config.in_channels, *latent_size, device=device)
         context = torch.zeros(batch, text_tokens, _first(unet.config.cross_attention_dim), device=device)
@@ -119,7 +126,6 @@ def count_unet_macs(
     finally:
         for handle in handles:
             handle.remove()
-    return MacCount(paper=totals["paper"], attention=totals["attention"])
 
 
 def unet_activation_bytes(unet: UNet2DConditionModel, latent_size: tuple[int, int], batch: int = 1,
@@ -127,7 +133,6 @@ def unet_activation_bytes(unet: UNet2DConditionModel, latent_size: tuple[int, in
     """What a training forward keeps for the backward pass, roughly: the output of every leaf module (convolutions,
     linears, norms, activations), counted on meta tensors. Attention probabilities are not leaf outputs and are
     left out (at 64x64 latents they would add batch x heads x 4096^2 values per attention layer)."""
-    device = next(unet.parameters()).device
     total = [0]
 
     def on_leaf(_module, _inputs, output):
@@ -135,13 +140,7 @@ def unet_activation_bytes(unet: UNet2DConditionModel, latent_size: tuple[int, in
             total[0] += output.numel()
 
     handles = [m.register_forward_hook(on_leaf) for m in unet.modules() if not any(True for _ in m.children())]
-    try:
-        sample = torch.zeros(batch, unet.config.in_channels, *latent_size, device=device)
-        context = torch.zeros(batch, text_tokens, _first(unet.config.cross_attention_dim), device=device)
-        unet(sample, torch.tensor([1], device=device), encoder_hidden_states=context)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_with_hooks(unet, latent_size, batch, text_tokens, handles)
     return total[0] * bytes_per_value
 
 

@@ -30,7 +30,7 @@ RECIPE_KNOBS = [("guidance_stop", "guidance stop", 1.0, [None, "abc", 0.0, 2.0])
                 ("cache_interval", "cache interval", 1, [None, "abc", 0, 11, 1.5]),
                 ("tome_ratio", "token merging", 0.0, [None, "abc", -0.1, 0.9]),
                 ("decoder", "decoder", "vae", CHOICE + ["tiny"]),  # the tiny family has no tiny decoder
-                ("dtype", "dtype", "fp32", CHOICE)]
+                ("dtype", "dtype", "fp32", CHOICE + ["fp16"])]  # fp16: slower than fp32 on a CPU, refused in public
 
 # endpoint: [(parameter, the word its errors must contain, a good value, bad values)]
 ENDPOINTS = {
@@ -39,7 +39,8 @@ ENDPOINTS = {
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
                  ("scheduler", "scheduler", "Euler", CHOICE), ("resolution", "resolution", 0, [-8, 36, 10**6, "abc"]),
                  *RECIPE_KNOBS, ("recipes", "grid", [], [None, "paper", ["nope"], [12], [HUGE]])],
-    "/img2img": [("models", "models", ["tiny-small"], MODELS), ("image", "image", "IMAGE", [None, "NOT_AN_IMAGE"]),
+    "/img2img": [("models", "models", ["tiny-small"], MODELS),
+                 ("image", "image", "IMAGE", [None, "NOT_AN_IMAGE", "PIXEL_BOMB"]),
                  ("strength", "strength", 0.5, [None, "abc", 0, 2.0]), ("prompt", "prompt", "a cat", TEXT),
                  ("negative", "negative prompt", "", OPTIONAL_TEXT), ("seed", "seed", 1, WHOLE),
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
@@ -69,7 +70,7 @@ ENDPOINTS = {
     "/consistency_resume": [("job", "job", None, JOB + [None])],
     "/train_cancel": [("job", "job", None, JOB + [None])],
     "/train_resume": [("job", "job", None, JOB + [None])],
-    "/dreambooth_start": [("photos", "photo", ["PHOTO"], [None, [], ["NOT_AN_IMAGE"], ["PHOTO"] * 60]),
+    "/dreambooth_start": [("photos", "photo", ["PHOTO"], [None, [], ["NOT_AN_IMAGE"], ["PHOTO"] * 60, ["PIXEL_BOMB"]]),
                           ("identifier", "identifier", "sks", TEXT[:-1] + ["two words"]),
                           ("class", "class", "cat", TEXT), ("models", "models", ["tiny-teacher"], MODELS),
                           ("steps", "steps", 4, WHOLE), ("mode", "finetuning", "LoRA", CHOICE),
@@ -97,10 +98,11 @@ def test_every_endpoint_refuses_bad_values_naming_the_field(tiny_catalog, tmp_pa
     from PIL import Image
 
     files = {"IMAGE": tmp_path / "in.png", "PHOTO": tmp_path / "photo.png", "NOT_AN_IMAGE": tmp_path / "junk.png",
-             "NOT_A_ZIP": tmp_path / "junk.zip", "PROMPTS": tmp_path / "prompts.txt"}
+             "NOT_A_ZIP": tmp_path / "junk.zip", "PROMPTS": tmp_path / "prompts.txt", "PIXEL_BOMB": tmp_path / "bomb.png"}
     Image.new("RGB", (32, 32), (200, 30, 30)).save(files["IMAGE"])
     Image.new("RGB", (64, 64), (30, 200, 30)).save(files["PHOTO"])
     files["NOT_AN_IMAGE"].write_bytes(b"not an image at all")
+    Image.new("L", (9000, 9000)).save(files["PIXEL_BOMB"], compress_level=9)  # 81 Mpx in a few kB
     files["NOT_A_ZIP"].write_bytes(b"not a zip")
     files["PROMPTS"].write_text("a cat\n")
     hosting = Hosting(public=True, max_steps=20, max_class_images=10, max_eval_images=10, max_photos=50)
