@@ -221,8 +221,8 @@ def compare_stream(studio: Studio, models: list[str], settings: Settings | list[
         result = item
         result.image, withheld = screen(checker, result.image)
         if withheld:
-            result.note = (f"{result.model} ({result.settings.recipe}): the safety checker flagged this image; a "
-                           "placeholder is shown instead")
+            result.note = "; ".join(filter(None, [result.note, f"{result.model} ({result.settings.recipe}): the "
+                                                  "safety checker flagged this image; a placeholder is shown instead"]))
         metadata = {**result.metadata(), "mode": "img2img" if init_image is not None else "txt2img"}
         path = workspace.history.save(result.image, metadata)
         items.append((str(path), f"{result.model} · {result.settings.recipe}: {result.seconds:.2f} s"))
