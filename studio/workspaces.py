@@ -153,7 +153,9 @@ class Workspaces:
                     shutil.rmtree(workspace.root, ignore_errors=True)
                     removed["visitors"] += 1
         with self._lock:  # visitors who never wrote anything: forgotten once idle
-            for key in [k for k, used in self._used.items() if used < cutoff and not (self.data_dir / VISITORS / k).exists()]:
+            forgotten = [k for k, used in self._used.items()
+                         if used < cutoff and not (self.data_dir / VISITORS / k).exists()]
+            for key in forgotten:
                 self._workspaces.pop(key, None)
                 self._used.pop(key, None)
         return removed

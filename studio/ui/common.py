@@ -95,8 +95,10 @@ class Studio:
         hosting = hosting or Hosting(public=False)
         hosting.check()
         cache = PipelineCache(catalog, device, memory_budget=int(hosting.model_memory_gb * 1024**3))
-        # A job must leave room for what the model cache may still load, and half a gigabyte for the app.
-        reserved = lambda: max(0, cache.memory_budget - cache.used_bytes()) + 1024**3 // 2  # noqa: E731
+
+        def reserved() -> int:  # a job leaves room for what the model cache may still load, and 0.5 GB for the app
+            return max(0, cache.memory_budget - cache.used_bytes()) + 1024**3 // 2
+
         workspaces = Workspaces(data_dir, hosting.public, hosting.limits(), hosting.expire_seconds, hosting.cpu,
                                 reserved)
         studio = cls(catalog, catalog.family(family), device, cache, workspaces, hosting)

@@ -5,7 +5,7 @@ and turns every other visitor away. Here a visitor (studio/ui/hosting.py says wh
 that is) may have `max_queued_per_visitor` requests waiting or running; one more
 is refused when it asks to join the queue, before it takes a place, with a message
 saying why.
-A request's size is capped too (`check_request_cost`), so that no single request
+A request's size is capped too (`check_request`), so that no single request
 holds the one generation slot for minutes.
 """
 
@@ -30,7 +30,7 @@ def _visitor(request, session_hash: str | None) -> str | None:
 
 def share_queue(app: gr.Blocks, max_queued_per_visitor: int) -> None:
     """Cap each visitor's requests waiting or running in `app`'s queue (call after `app.queue()`). Gradio offers no
-    per-user limit, so its queue's `push` is wrapped (gradio is pinned; tests/test_public.py checks this holds)."""
+    per-user limit, so its queue's `push` is wrapped (gradio is pinned; tests/test_public_abuse.py checks that this holds)."""
     queue = app._queue
     push = queue.push
 
