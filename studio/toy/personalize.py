@@ -1,12 +1,20 @@
-"""DreamBooth on the toy world: teach a model a color it has never seen, and check with the judge.
+"""DreamBooth on the toy world: teach a model a subject it has never drawn, and check with the judge.
 
-The subject is a white circle ("sks" stands for its color; white is only ever a
-background in the toy world, never an object) in 5 procedural photos on a black
-background. After personalization, "a sks circle on a black background" should
-draw it white, while the class prompt "a circle on a black background" keeps
-drawing circles in the toy palette's colors (prior preservation). `python -m studio toy dreambooth` runs it on the teacher and a
+The subject is a red circle in 5 procedural photos on a black background. Red
+circles are one of the held-out color-shape pairs (studio/toy/data.py): no
+training scene has one, so the teacher never drew one, and its circles come in
+the other seven colors. After personalization, "a sks circle on a black
+background" should draw the circle red, while the class prompt "a circle on a
+black background" keeps drawing circles in the other colors (prior
+preservation). `python -m studio toy dreambooth` runs it on the teacher and a
 student, each in its own process (so peak memory is per run), and writes
 docs/toy-dreambooth.md and .json.
+
+The subject used to be a white circle, a color the toy world only ever uses as a
+background. Its identifier was never learned (0% white after training), and the
+trainer was not at fault: the toy VAE cannot hold a white object. All five white
+photos, encoded and decoded, read as pink or red circles (max R/G/B about
+255/100/170), so the U-Net learned just what the VAE showed it, and drew pink.
 """
 
 import json
@@ -21,19 +29,18 @@ from studio.evaluation.sweep import write_table
 from studio.generation import sample
 from studio.options import to_argv
 from studio.personalization.config import DreamBoothConfig
-from studio.toy.data import COLORS, OBJECT_SIZES, Scene, Thing, place, render
+from studio.toy.data import OBJECT_SIZES, Scene, Thing, place, render
 from studio.toy.judge import read_scene
 from studio.training import derive_seed
 
-SUBJECT = "white"
-COLORS_WITH_SUBJECT = {**COLORS, SUBJECT: (245, 245, 245)}
+SUBJECT = "red"
 IDENTIFIER = "sks"
 INSTANCE_PROMPT = f"a {IDENTIFIER} circle on a black background"
 CLASS_PROMPT = "a circle on a black background"
 
 
 def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
-    """n photos of the subject: a white circle on black, at different places and of both sizes."""
+    """n photos of the subject: a red circle on black, at different places and of both sizes."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -41,7 +48,7 @@ def subject_photos(folder: Path, n: int = 5, seed: int = 0) -> list[Path]:
         size = OBJECT_SIZES[i % len(OBJECT_SIZES)]
         scene = Scene("black", (Thing("circle", SUBJECT, place([size], rng)[0], size),))
         path = folder / f"subject-{i}.png"
-        render(scene, COLORS_WITH_SUBJECT).save(path)
+        render(scene).save(path)
         paths.append(path)
     return paths
 
@@ -52,7 +59,7 @@ def judge_prompts(pipeline, n: int, guidance: float, steps: int = 25, seed: int 
     report = {}
     for label, prompt in (("instance", INSTANCE_PROMPT), ("class", CLASS_PROMPT)):
         images = sample(pipeline, [prompt] * n, [derive_seed(seed, i) for i in range(n)], steps, guidance)
-        readings = [read_scene(image, COLORS_WITH_SUBJECT) for image in images]
+        readings = [read_scene(image) for image in images]
         report[label] = {SUBJECT: sum(bool(r.objects) and r.objects[0].color == SUBJECT for r in readings) / n,
                          "circle": sum(any(o.shape == "circle" for o in r.objects) for r in readings) / n}
     return report
@@ -64,7 +71,7 @@ def run_dreambooth_process(model: str, photos: Path, out: Path, steps: int, clas
     if not (out / "card.json").exists():
         config = DreamBoothConfig(
             model=model, photos=str(photos), instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT,
-            out=str(out), steps=steps, class_images=class_images, lr=lr, guidance=guidance,
+            out=str(out), steps=steps, class_images=class_images, lr=lr, guidance=guidance, train_text_encoder=True,
             checkpoint_every=max(1, steps // 2), validation_prompts=(INSTANCE_PROMPT, CLASS_PROMPT),
             resume=(out / "metrics.csv").exists())
         subprocess.run([sys.executable, "-m", "studio", "dreambooth", *to_argv(config)], check=True, cwd=PROJECT_ROOT)
@@ -91,11 +98,12 @@ def toy_dreambooth_report(models: list[str], work: Path, steps: int, class_image
 
 
 def write_report(rows, steps, class_images, lr, n, report: Path) -> None:
-    intro = (f"Subject: a {SUBJECT} circle (a color the toy world never saw), 5 procedural photos; instance prompt "
-             f"\"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA (rank 16, alpha 27, to_q/to_v), {steps} "
+    intro = (f"Subject: a {SUBJECT} circle (a held-out pair: no training scene has one), 5 procedural photos; "
+             f"instance prompt \"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA on the U-Net (rank 16, "
+             f"alpha 27, to_q/to_v) and the text encoder (rank 16, alpha 17, q_proj/v_proj), {steps} "
              f"steps, lr {lr}, batch 1 + 1 class image, prior weight 1.0, {class_images} class images made by each "
              f"model. Judged on {n} images per prompt (seed 1000, 25 PNDM steps, toy guidance); \"{SUBJECT}\" is the "
-             f"share of images whose largest object the judge reads as {SUBJECT} ({SUBJECT} added to its palette). "
+             f"share of images whose largest object the judge reads as {SUBJECT}. "
              "Produced by `python -m studio toy dreambooth`.")
     columns = [("model", lambda r: r["model"]),
                (f"instance prompt: {SUBJECT} before", lambda r: f"{r['before']['instance'][SUBJECT]:.0%}"),
