@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")
-    decoder.add_argument("--steps", type=int, default=1500)
-    decoder.add_argument("--batch-size", type=int, default=64)
+    decoder.add_argument("--steps", type=int, default=2000)  # the shipped decoder's settings
+    decoder.add_argument("--batch-size", type=int, default=32)
     decoder.add_argument("--lr", type=float, default=1e-3)
     decoder.set_defaults(run=uses_toy_world(cmd_toy_decoder))
 

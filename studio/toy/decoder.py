@@ -7,9 +7,9 @@ toy images (sampled, not just the mean, so it also sees latents a little off
 the data); the encoder learns the VAE's scaled latent means. The shapes cover a
 few percent of a scene, so the decoder's loss weighs their pixels more
 (`object_weights`): with a plain MSE the first tiny decoder blurred small shapes
-enough to cost a 4-step student 6 judge points against the VAE decoder. Latents go in as
-the pipeline holds them (already scaled), so its `scaling_factor` is 1.0, as
-TAESD's. `python -m studio toy decoder` trains it and writes it to
+enough to cost a 4-step student 6 judge points against the VAE decoder. Latents
+go in as the pipeline holds them (already scaled), so its `scaling_factor` is
+1.0, as TAESD's. `python -m studio toy decoder` trains it and writes it to
 `assets/toy/tiny-decoder`, with a card giving its fidelity and speed.
 """
 
@@ -43,7 +43,7 @@ def object_weights(images: torch.Tensor, extra: float = OBJECT_WEIGHT, threshold
     return 1.0 + extra * ((images - border).abs().amax(dim=1, keepdim=True) > threshold).float()
 
 
-def distill_tiny_decoder(out: Path, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+def distill_tiny_decoder(out: Path, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                          pool_size: int = 4096, log=print) -> dict:
     torch.manual_seed(seed)
     vae = load_pipeline("toy-teacher").vae.eval().requires_grad_(False)
