@@ -19,6 +19,7 @@ photos, encoded and decoded, read as pink or red circles (max R/G/B about
 
 import json
 import subprocess
+from dataclasses import fields
 import sys
 from pathlib import Path
 
@@ -98,9 +99,11 @@ def toy_dreambooth_report(models: list[str], work: Path, steps: int, class_image
 
 
 def write_report(rows, steps, class_images, lr, n, report: Path) -> None:
+    lora = {f.name: f.default for f in fields(DreamBoothConfig)}  # the runs take DreamBoothConfig's LoRA defaults
     intro = (f"Subject: a {SUBJECT} circle (a held-out pair: no training scene has one), 5 procedural photos; "
-             f"instance prompt \"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA on the U-Net (rank 16, "
-             f"alpha 27, to_q/to_v) and the text encoder (rank 16, alpha 17, q_proj/v_proj), {steps} "
+             f"instance prompt \"{INSTANCE_PROMPT}\", class prompt \"{CLASS_PROMPT}\". LoRA on the U-Net (rank "
+             f"{lora['rank']}, alpha {lora['alpha']:g}, to_q/to_v) and the text encoder (rank {lora['text_rank']}, "
+             f"alpha {lora['text_alpha']:g}, q_proj/v_proj), {steps} "
              f"steps, lr {lr}, batch 1 + 1 class image, prior weight 1.0, {class_images} class images made by each "
              f"model. Judged on {n} images per prompt (seed 1000, 25 PNDM steps, toy guidance); \"{SUBJECT}\" is the "
              f"share of images whose largest object the judge reads as {SUBJECT}. "
