@@ -103,8 +103,8 @@ def cmd_toy_data(args) -> None:
 def cmd_toy_train(args) -> None:
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
 
-    config = ToyTrainConfig(out=args.out, seed=args.seed, vae_from=args.vae_from or "")
-    for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size", "max_minutes"):
+    config = ToyTrainConfig(out=args.out, seed=args.seed, vae_from=args.vae_from or "", unet_from=args.unet_from or "")
+    for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size", "max_minutes", "lr"):
         if getattr(args, field) is not None:
             if getattr(args, field) <= 0:
                 raise ValueError(f"--{field.replace('_', '-')} must be positive")
@@ -152,6 +152,12 @@ def cmd_toy_decoder(args) -> None:
     from studio.toy.decoder import distill_tiny_decoder
 
     distill_tiny_decoder(Path(args.out), args.steps, args.batch_size, args.lr)
+
+
+def cmd_toy_vae_decoder(args) -> None:
+    from studio.toy.decoder import finetune_vae_decoder
+
+    finetune_vae_decoder(Path(args.pipeline), Path(args.out), args.steps, args.batch_size, args.lr)
 
 
 def cmd_toy_recipes(args) -> None:
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset-size", type=int)
     train.add_argument("--max-minutes", type=float, help="time budget in minutes (default 90); the U-Net stage stops early at it")
     train.add_argument("--vae-from", help="reuse the VAE of an earlier `toy train` output folder and skip the VAE stage")
+    train.add_argument("--unet-from", help="train on from the U-Net and text encoder of an earlier `toy train` output "
+                                           "folder (and its VAE, unless --vae-from)")
+    train.add_argument("--lr", type=float, help="peak learning rate of the U-Net and text encoder (default 7e-4)")
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")
@@ -295,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     decoder.add_argument("--batch-size", type=int, default=32)
     decoder.add_argument("--lr", type=float, default=1e-3)
     decoder.set_defaults(run=uses_toy_world(cmd_toy_decoder))
+    vae_decoder = toy_commands.add_parser(
+        "vae-decoder", help="fine-tune a toy pipeline's VAE decoder on its frozen encoder (the U-Nets stay valid)")
+    vae_decoder.add_argument("--pipeline", default="assets/toy/teacher", help="a toy pipeline folder")
+    vae_decoder.add_argument("--out", required=True, help="where to write the pipeline with the new decoder")
+    vae_decoder.add_argument("--steps", type=int, default=4500)
+    vae_decoder.add_argument("--batch-size", type=int, default=32)
+    vae_decoder.add_argument("--lr", type=float, default=3e-4)
+    vae_decoder.set_defaults(run=uses_toy_world(cmd_toy_vae_decoder))
 
     recipes = toy_commands.add_parser("recipes", help="judge accuracy and fidelity of every toy model x recipe")
     recipes.add_argument("--models", nargs="+", help="default: the teacher and its three students")

@@ -200,3 +200,49 @@ def test_students_and_ablation_commands_run_end_to_end(tmp_path):
     assert rows[0]["psnr_to_reference"] is None and all(r["psnr_to_reference"] > 5 for r in rows[1:])
     table = (tmp_path / "ablation.md").read_text()
     assert table.count("\n| ") == 7 and "PSNR to teacher" in table  # header, rule, teacher, 4 variants
+
+
+def test_a_teacher_can_train_on_from_an_earlier_one(tmp_path):
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+
+    small = dict(dataset_size=64, batch_size=4, vae_batch_size=4, vae_steps=2, unet_steps=2, log_every=1)
+    first = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "a"), **small))
+    # At a learning rate of zero the U-Net it writes is the one it started from, not a fresh one.
+    second = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "b"), unet_from=str(first), lr=0.0, seed=1, **small))
+    a, b = (UNet2DConditionModel.from_pretrained(folder / "unet").state_dict() for folder in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((second / "card.json").read_text())
+    assert card["config"]["unet_from"] == str(first) and card["config"]["vae_steps"] == 0  # its VAE came along
+    scales = [AutoencoderKL.load_config(folder / "vae")["scaling_factor"] for folder in (first, second)]
+    assert scales[0] == scales[1]  # other scenes (seed 1), the same latent scale the U-Net learned
+    with pytest.raises(ValueError, match="--unet-from"):
+        train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "c"), unet_from=str(tmp_path / "nowhere"), **small))
+
+
+def test_the_vae_decoder_trains_on_with_the_encoder_frozen(tmp_path, capsys):
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from studio.toy.decoder import finetune_vae_decoder
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+
+    source = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "a"), dataset_size=64, batch_size=4, vae_batch_size=4,
+                                              vae_steps=2, unet_steps=1, log_every=1))
+    out = tmp_path / "b"
+    entry = finetune_vae_decoder(source, out, steps=3, batch_size=4, pool_size=16, judge_n=12, log=lambda _: None)
+    old, new = (AutoencoderKL.from_pretrained(folder / "vae").state_dict() for folder in (source, out))
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert (out / "unet").is_dir() and json.loads((out / "card.json").read_text())["vae_decoder_finetunes"] == [
+        json.loads(json.dumps(entry))]
+    assert set(entry["judge_after"]["tasks"]) <= {"single_object", "two_object", "counting", "colors", "position",
+                                                  "color_attr"} and entry["judge_after"]["n"] == 12
+    with pytest.raises(ValueError, match="--out"):
+        finetune_vae_decoder(source, out, steps=1, pool_size=4, judge_n=4)
+    assert main(["toy", "vae-decoder", "--pipeline", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
+    assert "--pipeline" in capsys.readouterr().err and not (tmp_path / "c").exists()

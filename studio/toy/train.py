@@ -45,6 +45,9 @@ class ToyTrainConfig:
     max_minutes: float = 90.0
     ema_decay: float = 0.999  # the shipped U-Net is the average: samples from the raw weights wobble step to step
     vae_from: str = ""  # a trained toy pipeline folder whose VAE to reuse (the VAE stage is then skipped)
+    # A trained toy pipeline folder whose U-Net and text encoder to train on (and whose VAE, unless vae_from says
+    # otherwise): more steps for a teacher whose budget ran out, on the latents it learned (same encoder, same scale).
+    unet_from: str = ""
 
 
 METRICS = ["step", "loss_total", "loss_vae_recon", "loss_denoise", "lr", "seconds"]
@@ -181,6 +184,20 @@ def reuse_vae(folder: str):
     return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True).eval()
 
 
+def reuse_denoiser(folder: str):
+    """The tokenizer, text encoder and U-Net of an earlier `toy train` output, in fp32 for training."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(folder)
+    if not all((path / part / "config.json").is_file() for part in ("unet", "text_encoder")):
+        raise ValueError(f"--unet-from: {folder} has no unet/ and text_encoder/; give a pipeline folder written by "
+                         "`toy train`")
+    return (CLIPTokenizer.from_pretrained(path / "tokenizer"),
+            CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32, use_safetensors=True),
+            UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32, use_safetensors=True))
+
+
 def train_toy_teacher(config: ToyTrainConfig) -> Path:
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
@@ -193,6 +210,9 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     images, captions = batch_tensors(range(config.dataset_size), config.seed)
     tokenizer, text_encoder, vae, unet = build_components(out)
     log = StageLog(out / "metrics.csv")
+    if config.unet_from:
+        tokenizer, text_encoder, unet = reuse_denoiser(config.unet_from)
+        config.vae_from = config.vae_from or config.unet_from
     try:
         if config.vae_from:
             vae = reuse_vae(config.vae_from)
@@ -203,6 +223,8 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
             vae_mse = train_vae(vae, images, config, log, generator)
         make_posterior_deterministic(vae)
         latents = encode_dataset(vae, images)
+        if config.unet_from:  # the U-Net learned its latents at this scale
+            latents = (latents[0], vae.config.scaling_factor)
         vae.register_to_config(scaling_factor=latents[1])
         saving_margin = 30.0  # seconds to write the pipeline after the last step
         deadline = start + config.max_minutes * 60 - saving_margin
