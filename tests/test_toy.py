@@ -217,6 +217,7 @@ def test_a_teacher_can_train_on_from_an_earlier_one(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((second / "card.json").read_text())
     assert card["config"]["unet_from"] == str(first) and card["config"]["vae_steps"] == 0  # its VAE came along
+    assert card["result"]["continued_from"] == json.loads((first / "card.json").read_text())
     scales = [AutoencoderKL.load_config(folder / "vae")["scaling_factor"] for folder in (first, second)]
     assert scales[0] == scales[1]  # other scenes (seed 1), the same latent scale the U-Net learned
     with pytest.raises(ValueError, match="--unet-from"):

@@ -5,6 +5,7 @@ StableDiffusionPipeline folder (safetensors; U-Net and VAE in fp16, the tiny tex
 encoder in fp32) with the loss log and a card.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -243,10 +244,13 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     unet.to(torch.float16)
     vae.to(torch.float16)
     pipeline.save_pretrained(out, safe_serialization=True)
+    source_card = Path(config.unet_from) / "card.json" if config.unet_from else None
+    # a teacher trained on from another keeps that one's card: its total steps and time are the sum of the chain
+    history = {"continued_from": json.loads(source_card.read_text())} if source_card and source_card.is_file() else {}
     card = write_card(out, "toy-teacher", config, config.vae_steps + steps_done,
                       {"loss_vae_recon": vae_mse, "loss_denoise": final_loss}, time.perf_counter() - start,
                       sum(p.numel() for part in (vae, text_encoder, unet) for p in part.parameters()),
                       data="studio.toy.data procedural scenes, 64x64, six GenEval task families", unet_steps_done=steps_done,
-                      vae_scaling_factor=latents[1], threads=torch.get_num_threads())
+                      vae_scaling_factor=latents[1], threads=torch.get_num_threads(), **history)
     print(f"wrote the toy teacher to {out} in {card['train_seconds']:.0f}s", flush=True)
     return out
