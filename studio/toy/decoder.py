@@ -43,15 +43,20 @@ def object_weights(images: torch.Tensor, extra: float = OBJECT_WEIGHT, threshold
     return 1.0 + extra * ((images - border).abs().amax(dim=1, keepdim=True) > threshold).float()
 
 
+def cosine_to_a_tenth(optimizer, steps: int):
+    """The decoders' learning rate: cosine from the peak to a tenth of it. The last steps at a low rate sharpen
+    edges that a constant rate keeps shaking."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
 def distill_tiny_decoder(out: Path, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                          pool_size: int = 4096, log=print) -> dict:
     torch.manual_seed(seed)
     vae = load_pipeline("toy-teacher").vae.eval().requires_grad_(False)
     tiny = AutoencoderTiny(**TOY_TINY_DECODER)
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=lr)
-    # cosine to a tenth: the last steps at a low rate sharpen edges that a constant rate keeps shaking
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    schedule = cosine_to_a_tenth(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     pool, _ = batch_tensors(range(pool_size), seed=seed + 1)  # drawing shapes costs more than a step: draw once
@@ -161,8 +166,7 @@ def finetune_vae_decoder(pipeline: Path, out: Path, steps: int = 4500, batch_siz
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    schedule = cosine_to_a_tenth(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     vae.decoder.train()
     for step in range(1, steps + 1):
