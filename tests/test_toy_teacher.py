@@ -62,9 +62,10 @@ def test_follows_its_prompts_in_every_task():
 
 
 def test_the_judge_reads_the_teachers_vae_reconstructions():
-    """Labelled scenes through the shipped VAE: the judge must still read them (a guard on both). Measured: 91.3%
-    of attributes, tasks 76-88%; the VAE (16x16x4 latents for 64x64 pixels) softens small shapes until a
-    14-pixel cross and a 14-pixel diamond are confused (the judge is exact on the rendered scenes)."""
+    """Labelled scenes through the shipped VAE: the judge must still read them (a guard on both). Measured: 97.0%
+    of attributes, tasks 85-100% (single objects 94%, colors 98%), since `toy vae-decoder` sharpened the decoder;
+    before it, 91.3% and 76-88%: 16x16x4 latents for 64x64 pixels blurred a 14-pixel cross into a 14-pixel
+    diamond (the judge is exact on the rendered scenes)."""
     from studio.images import from_tensor
     from studio.toy.data import batch_tensors
     from studio.toy.judge import judge_images
@@ -75,7 +76,7 @@ def test_the_judge_reads_the_teachers_vae_reconstructions():
     with torch.no_grad():
         decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
     verdict = judge_images([parse(c) for c in captions], [from_tensor(x) for x in decoded])
-    assert verdict["attributes"] >= 0.88 and all(v >= 0.6 for v in verdict["tasks"].values()), verdict
+    assert verdict["attributes"] >= 0.94 and all(v >= 0.75 for v in verdict["tasks"].values()), verdict
 
 
 def test_the_vae_posterior_is_deterministic():

@@ -54,16 +54,17 @@ def run_once(config: DistillConfig) -> Path:
 
 
 def distill_toy_lcm(steps: int, batch_size: int, lr: float, work: Path, dest_root: Path = ASSETS) -> Path:
-    """toy-bk-tiny, consistency-distilled on toy data with toy-teacher's ODE (guidance 1-3 around the family's
-    1.5), shipped as toy-bk-tiny-lcm."""
+    """toy-bk-tiny, consistency-distilled on toy data with toy-teacher's ODE (guidance drawn within 1 of the
+    family's, which the `lcm` recipe embeds), shipped as toy-bk-tiny-lcm."""
     from studio.consistency.config import ConsistencyConfig
     from studio.consistency.train import consistency_distill
 
     out = work / "tiny-lcm"
     config = ConsistencyConfig(
         teacher=TEACHER, arch="tiny", student="toy-bk-tiny", data="toy", out=str(out), steps=steps,
-        batch_size=batch_size, lr=lr, guidance_min=1.0, guidance_max=3.0, checkpoint_every=max(1, steps // 4),
-        log_every=10, validation_prompts=FAMILY.validation_prompts, validation_guidance=DEFAULT_GUIDANCE)
+        batch_size=batch_size, lr=lr, guidance_min=max(1.0, DEFAULT_GUIDANCE - 1), guidance_max=DEFAULT_GUIDANCE + 1,
+        checkpoint_every=max(1, steps // 4), log_every=10, validation_prompts=FAMILY.validation_prompts,
+        validation_guidance=DEFAULT_GUIDANCE)
     if not (out / "card.json").exists():
         consistency_distill(replace(config, resume=(out / "metrics.csv").exists()))
     export_student(out, dest_root / "bk-tiny-lcm")
