@@ -11,7 +11,8 @@ first layer of a stage that changes width) are listed as not removable.
 For each unit: the parameters and MACs it saves (MACs: conv + linear, one
 U-Net call at batch 1, counted on the meta device), and, on a fixed prompt set
 and seed, the family's judge score (where it has one), the CLIP score (where
-weights are at hand) and the PSNR of each image to the teacher's own image.
+weights are at hand) and the PSNR of the images to the teacher's own images (one PSNR over the set, from
+the mean squared error of all images, with the count of images left unchanged).
 `python -m studio sensitivity --teacher NAME` writes the JSON and a heat map
 over the U-Net's layout (down, mid, up x stage x layer).
 """
@@ -20,8 +21,8 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
 
+import numpy as np
 from torch import nn
 
 from studio.catalog import Catalog, load_catalog
@@ -162,6 +163,13 @@ def predict(result: dict, names: list[str]) -> dict:
             "not_measured": [n for n in names if n not in by_name or not by_name[n]["removable"]]}
 
 
+def set_psnr(images, reference) -> float:
+    """PSNR of a set of 8-bit images to a reference set of the same sizes, from the mean squared error over all
+    of them (inf only when every image is identical)."""
+    return psnr(np.stack([np.asarray(i.convert("RGB")) for i in images]),
+                np.stack([np.asarray(i.convert("RGB")) for i in reference]))
+
+
 def block_sensitivity(teacher: str, n: int = 96, seed: int = 0, catalog: Catalog | None = None,
                       clip_model: str = "ViT-g-14", clip_pretrained: str | None = "laion2b_s34b_b88k",
                       log=print) -> dict:
@@ -194,12 +202,16 @@ def block_sensitivity(teacher: str, n: int = 96, seed: int = 0, catalog: Catalog
             log(f"CLIP score: not measured: {error}")
 
     def measure(images, reference=None) -> dict:
-        fidelity = mean(psnr(a, b) for a, b in zip(images, reference)) if reference else None
+        # One PSNR over the whole set (the mean squared error of all images): a mean of per-image PSNRs turns
+        # infinite when a single image comes out unchanged, and would call the removal "identical".
+        fidelity = set_psnr(images, reference) if reference else None
         return {"judge": judge(prompts, images) if judge else None,
                 "clip_score": clip.score(images, prompts) if clip else None,
                 # every image the same as the teacher's: PSNR is infinite, which JSON can't hold
                 "psnr_to_teacher": None if fidelity == float("inf") else fidelity,
-                "identical_to_teacher": fidelity == float("inf")}
+                "identical_to_teacher": fidelity == float("inf"),
+                "unchanged_images": sum(psnr(a, b) == float("inf") for a, b in zip(images, reference))
+                if reference else None}
 
     def draw():
         return sample(pipeline, prompts, seeds, family.steps, family.guidance)

@@ -1,6 +1,7 @@
 """Block sensitivity: units removed alone, the command on the toy teacher, and the designer's use of the map."""
 
 import json
+import math
 
 import torch
 
@@ -60,6 +61,7 @@ def test_the_command_maps_the_toy_teacher(tmp_path, capsys):
     for unit in measured:
         assert 0 < unit["macs_saved"] < base["macs_paper"] and unit["params_saved"] > 0
         assert unit["identical_to_teacher"] or unit["psnr_to_teacher"] > 0
+        assert 0 <= unit["unchanged_images"] <= 2 and (unit["unchanged_images"] == 2) == unit["identical_to_teacher"]
         assert 0 <= unit["judge"] <= 1 and unit["clip_score"] is None
     assert "most sensitive:" in capsys.readouterr().out
     guess = predict(result, removed_units(PRESETS["tiny"], result_config()))
@@ -80,3 +82,17 @@ def test_the_designer_shows_the_shipped_map_and_its_prediction(catalog):
     assert "measured for the whole design: 50.0%" in note and "judge points" in note
     picture, note = sensitivity_view(catalog, "sd-v1.4", "small", "1", False, True, 0.6)
     assert picture is None and "python -m studio sensitivity --teacher sd-v1.4" in note
+
+
+def test_a_removal_is_identical_only_when_every_image_is():
+    """One unchanged image among changed ones once made the mean of per-image PSNRs infinite, and the map called
+    the removal "identical images"; the set's PSNR is finite then, and infinite only when all are the same."""
+    from PIL import Image
+
+    from studio.sensitivity import set_psnr
+
+    same = [Image.new("RGB", (8, 8), (10, 20, 30)), Image.new("RGB", (8, 8), (200, 0, 0))]
+    changed = [same[0], Image.new("RGB", (8, 8), (199, 0, 0))]
+    assert set_psnr(same, same) == float("inf")
+    # one image off by 1 in one channel, the other unchanged: MSE 1/6 over the set
+    assert abs(set_psnr(changed, same) - 10 * math.log10(255**2 * 6)) < 1e-9
