@@ -44,7 +44,7 @@ def test_students_are_smaller_and_share_the_teachers_components():
 def test_students_imitate_the_teacher(arch):
     """On 30 prompts (5 per task) with the teacher's seeds: the student's images follow their prompts (judged
     against prompts of the same tasks shifted by six places as the control) and resemble the teacher's
-    (measured: 23.0-23.2 dB; attributes 49.5-49.9%)."""
+    (measured: 20.1-21.0 dB; attributes 81.8-83.7% against the controls' 16.1-18.6%)."""
     teacher = load_pipeline("toy-teacher")
     student = load_pipeline(f"toy-bk-{arch}", teacher=teacher)
     _, teacher_images = prompt_set_images(teacher, 30)
@@ -52,7 +52,7 @@ def test_students_imitate_the_teacher(arch):
     verdict = judge_images(prompts, images)
     control = judge_images(prompts[6:] + prompts[:6], images)
     fidelity = float(np.mean([psnr(a, b) for a, b in zip(teacher_images, images)]))
-    assert verdict["attributes"] >= control["attributes"] + 0.08 and fidelity > 19, (verdict, control, fidelity)
+    assert verdict["attributes"] >= control["attributes"] + 0.4 and fidelity > 19, (verdict, control, fidelity)
 
 
 def test_the_consistency_distilled_tiny_ships_with_a_guidance_embedding():
@@ -85,8 +85,9 @@ def test_the_lcm_recipes_run_on_every_toy_model(recipe):
 @pytest.mark.slow
 def test_consistency_distillation_is_what_makes_four_steps_work():
     """On 120 prompts (20 per task) with `lcm`: the consistency-distilled Tiny's images follow their prompts
-    better than the same Tiny's before distillation (over the whole set and three seeds: attributes 52.4% against
-    46.6%, overall 14.7% against 8.4%; docs/toy-recipes.md)."""
+    better than the same Tiny's before distillation (measured on this slice: attributes 66.0% against 59.2%;
+    over the whole set and three seeds: attributes 67.3% against 58.5%, overall 32.6% against 20.5%;
+    docs/toy-recipes.md)."""
     from studio.generation import PipelineCache, Settings, sample
     from studio.recipes import PRESETS
     from studio.toy.evaluate import FAMILY, prompt_set
@@ -100,4 +101,4 @@ def test_consistency_distillation_is_what_makes_four_steps_work():
         images = sample(cache.get(name), [p.text for p in prompts], [derive_seed(0, i) for i in range(120)],
                         settings=settings, decoder=cache.decoder(name, "tiny"))
         verdicts[name] = judge_images(prompts, images)
-    assert verdicts["toy-bk-tiny-lcm"]["attributes"] >= verdicts["toy-bk-tiny"]["attributes"] + 0.02, verdicts
+    assert verdicts["toy-bk-tiny-lcm"]["attributes"] >= verdicts["toy-bk-tiny"]["attributes"] + 0.03, verdicts

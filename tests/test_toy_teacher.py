@@ -49,16 +49,16 @@ def test_papers_removals_apply_unchanged():
 @pytest.mark.slow
 def test_follows_its_prompts_in_every_task():
     """A slice of each task (20 prompts each, `paper`, seed 0), and the same images judged against other prompts
-    of the same tasks as the control. Over the whole set and three seeds the shipped teacher scores 59% on
-    single objects and 56% on colors (docs/toy-recipes.md): below the issue's 90% (see the README). Measured on
-    this slice: single objects 60%, colors 40%, attributes 64.5%."""
+    of the same tasks as the control. Over the whole set and three seeds the shipped teacher scores 86.7% on
+    single objects and 93.3% on colors (docs/toy-recipes.md; the issue asks 90%). Measured on this slice: single
+    objects 80%, colors 90%, attributes 78.6% against the control's 23.0%."""
     teacher = load_pipeline("toy-teacher")
     prompts, images = prompt_set_images(teacher, 120)
     verdict = judge_images(prompts, images)
     control = judge_images(prompts[6:] + prompts[:6], images)  # shifted by 6: the same task at every place
     assert set(verdict["tasks"]) == set(TASKS)
-    assert verdict["tasks"]["single_object"] >= 0.4 and verdict["tasks"]["colors"] >= 0.25, verdict
-    assert verdict["attributes"] >= control["attributes"] + 0.1, (verdict, control)
+    assert verdict["tasks"]["single_object"] >= 0.65 and verdict["tasks"]["colors"] >= 0.7, verdict
+    assert verdict["attributes"] >= control["attributes"] + 0.3, (verdict, control)
 
 
 def test_the_judge_reads_the_teachers_vae_reconstructions():
