@@ -270,7 +270,7 @@ def plot_map(result: dict, path: Path) -> Path:
     for i, label in enumerate(labels):
         for layer, row in rows_of[label].items():
             if not row["removable"]:
-                axes.text(layer, i, "keeps width:\nnot removable", ha="center", va="center", fontsize=6, color="gray")
+                axes.text(layer, i, "changes width:\nnot removable", ha="center", va="center", fontsize=6, color="gray")
                 continue
             grid[i, layer] = np.inf if row.get("identical_to_teacher") else row["psnr_to_teacher"]
             text = f"{_db(row)}\n-{row['macs_saved'] / base['macs_paper']:.1%} MACs"
