@@ -175,6 +175,6 @@ def test_toy_models_use_the_toy_defaults_and_the_judge(tmp_path):
 
     config = EvalConfig(models=["toy-teacher"], out=str(tmp_path / "eval"), n=6)  # no CLIP weights here
     rows = evaluate(config)
-    assert config.guidance == 1.5 and config.prompts.endswith("prompts.txt")
+    assert config.guidance == 3.0 and config.prompts.endswith("prompts.txt")  # the toy family's, not SD's 7.5
     assert rows[0]["judge_accuracy"] is not None and rows[0].get("clip_score") is None
     assert "clip_score, fidelity_clip: not computed" in (tmp_path / "eval" / "results.md").read_text()

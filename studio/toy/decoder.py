@@ -141,7 +141,8 @@ def finetune_vae_decoder(pipeline: Path, out: Path, steps: int = 4500, batch_siz
 
     The encoder is untouched, so every U-Net trained on its latents stays valid. The toy VAE's decoder, trained
     with a plain MSE beside its encoder, blurs small crosses and diamonds into one another and haloes colors:
-    through it the judge read 76% of 600 held-out scenes right by their tasks' rules (position 64%). The loss
+    through it the judge read 76% of 600 held-out scenes right by their tasks' rules (position 64%); after 4,500
+    steps of this fine-tune, 91% (position 89%: the shipped teacher's decoder). The loss
     here weighs the shapes' pixels more (`object_weights`) and adds an L1 term, which keeps edges sharper than
     MSE alone.
     """
