@@ -170,11 +170,13 @@ def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_w
 
 @pytest.mark.slow
 def test_toy_models_use_the_toy_defaults_and_the_judge(tmp_path):
+    from studio.catalog import packaged_family
     from studio.evaluation.config import EvalConfig
     from studio.evaluation.protocol import evaluate
 
     config = EvalConfig(models=["toy-teacher"], out=str(tmp_path / "eval"), n=6)  # no CLIP weights here
     rows = evaluate(config)
-    assert config.guidance == 3.0 and config.prompts.endswith("prompts.txt")  # the toy family's, not SD's 7.5
+    toy = packaged_family("toy")
+    assert config.guidance == toy.guidance != 7.5 and config.prompts.endswith("prompts.txt")  # the toy family's
     assert rows[0]["judge_accuracy"] is not None and rows[0].get("clip_score") is None
     assert "clip_score, fidelity_clip: not computed" in (tmp_path / "eval" / "results.md").read_text()
