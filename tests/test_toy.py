@@ -27,6 +27,23 @@ def test_data_is_deterministic_and_captioned_in_every_task_family():
     assert len(SHAPES) >= 5 and len(COLORS) >= 8
 
 
+def test_a_task_mix_weights_the_training_captions_and_rejects_what_is_not_a_task():
+    from studio.cli import parse_task_weights
+    from studio.toy.prompts import task_mix
+
+    mix = task_mix({"single_object": 3})
+    assert mix[TASKS.index("single_object")] == pytest.approx(3 / 8) and mix.sum() == pytest.approx(1)
+    counts = Counter(parse(make_example(i, seed=3, mix=mix)[1]).task for i in range(1600))
+    assert 0.33 < counts["single_object"] / 1600 < 0.42  # 3/8 expected
+    assert all(0.09 < counts[task] / 1600 < 0.16 for task in TASKS if task != "single_object")  # 1/8 each
+    assert make_example(5, seed=3)[1] == make_example(5, seed=3, mix=None)[1]  # uniform stays as it was
+    assert parse_task_weights(["single_object=3", "colors=2"]) == {"single_object": 3.0, "colors": 2.0}
+    for bad, message in ((["single=3"], "unknown task single"), (["colors=x"], "not TASK=WEIGHT"),
+                         (["colors=-1"], "must not be negative")):
+        with pytest.raises(ValueError, match=message):
+            parse_task_weights(bad)
+
+
 def test_training_never_draws_a_held_out_pair_and_the_evaluation_set_asks_for_them_apart():
     rng = np.random.default_rng(0)
     for _ in range(2000):

@@ -124,23 +124,24 @@ def training_color(shape: str, rng, exclude: tuple = ()) -> str:
     return str(rng.choice(choices))
 
 
-def make_example(index: int, seed: int = 0) -> tuple[Image.Image, str]:
-    """Training example `index`: a caption of a random task family and a scene drawn to match it."""
+def make_example(index: int, seed: int = 0, mix=None) -> tuple[Image.Image, str]:
+    """Training example `index`: a caption of a random task family (uniform, or by the probabilities `mix`, see
+    prompts.task_mix) and a scene drawn to match it."""
     from studio.toy.prompts import random_prompt, scene_for
 
     rng = np.random.default_rng([seed, index])
-    prompt = random_prompt(rng, training=True)
+    prompt = random_prompt(rng, training=True, mix=mix)
     return render(scene_for(prompt, rng)), prompt.text
 
 
-def batch_tensors(indices, seed: int = 0, size: int = SIZE):
+def batch_tensors(indices, seed: int = 0, size: int = SIZE, mix=None):
     """Images in [-1, 1] (N, 3, size, size) and their captions, for training; smaller sizes are the scenes
-    scaled down (as a 32-pixel test teacher takes them)."""
+    scaled down (as a 32-pixel test teacher takes them); `mix` as in make_example."""
     import torch
 
     images, captions = [], []
     for index in indices:
-        image, text = make_example(int(index), seed)
+        image, text = make_example(int(index), seed, mix)
         if size != SIZE:
             image = image.resize((size, size), Image.Resampling.BOX)
         images.append(np.asarray(image, dtype=np.float32))

@@ -89,9 +89,24 @@ def _pick(rng, items):
     return items[int(rng.integers(len(items)))]
 
 
-def random_prompt(rng, training: bool = True, task: str | None = None) -> Prompt:
-    """A prompt of `task` (or a random one) with random attributes; training prompts never name a held-out pair."""
-    task = task or _pick(rng, TASKS)
+def task_mix(weights: dict[str, float]) -> np.ndarray:
+    """Probabilities of the tasks from relative weights (a task not named weighs 1)."""
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"task weights: unknown task {', '.join(sorted(unknown))}; the tasks are {', '.join(TASKS)}")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"task weights must not be negative, got {weights}")
+    raw = np.array([float(weights.get(task, 1.0)) for task in TASKS])
+    if raw.sum() <= 0:
+        raise ValueError("task weights: at least one task must weigh more than 0")
+    return raw / raw.sum()
+
+
+def random_prompt(rng, training: bool = True, task: str | None = None, mix: np.ndarray | None = None) -> Prompt:
+    """A prompt of `task` (or a random one: uniform, or drawn with the probabilities `mix` from task_mix) with
+    random attributes; training prompts never name a held-out pair."""
+    if task is None:
+        task = _pick(rng, TASKS) if mix is None else TASKS[int(rng.choice(len(TASKS), p=mix))]
     background = _pick(rng, list(BACKGROUNDS))
     shapes = [str(s) for s in rng.choice(SHAPES, size=2, replace=False)]
 

@@ -8,7 +8,7 @@ encoder in fp32) with the loss log and a card.
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from studio.toy.data import batch_tensors
+from studio.toy.prompts import task_mix
 from studio.toy.world import SCHEDULE, build_components
 from studio.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 
@@ -50,6 +51,8 @@ class ToyTrainConfig:
     # A trained toy pipeline folder whose U-Net and text encoder to train on (and whose VAE, unless vae_from says
     # otherwise): more steps for a teacher whose budget ran out, on the latents it learned (same encoder, same scale).
     unet_from: str = ""
+    # Relative weights of the task families in the training captions (a task not named weighs 1: uniform).
+    task_weights: dict[str, float] = field(default_factory=dict)
 
 
 METRICS = ["step", "loss_total", "loss_vae_recon", "loss_denoise", "lr", "seconds"]
@@ -209,7 +212,8 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     print(f"rendering {config.dataset_size} training images ...", flush=True)
-    images, captions = batch_tensors(range(config.dataset_size), config.seed)
+    mix = task_mix(config.task_weights) if config.task_weights else None
+    images, captions = batch_tensors(range(config.dataset_size), config.seed, mix=mix)
     tokenizer, text_encoder, vae, unet = build_components(out)
     log = StageLog(out / "metrics.csv")
     if config.unet_from:
