@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     booth_toy.set_defaults(run=uses_toy_world(cmd_toy_dreambooth))
 
     judge = toy_commands.add_parser("judge", help="prompt accuracy of a toy model, by the procedural judge")
-    judge.add_argument("--model", default="toy-teacher", help="catalogue name or pipeline folder")
+    judge.add_argument("--model", default="toy-teacher", help="catalogue name, pipeline folder or student run folder")
     add_prompt_set_args(judge)
     judge.add_argument("--recipe", default="paper", help="a preset, optionally with :knob=value overrides")
     judge.add_argument("--json", action="store_true")

@@ -102,3 +102,23 @@ def test_consistency_distillation_is_what_makes_four_steps_work():
                         settings=settings, decoder=cache.decoder(name, "tiny"))
         verdicts[name] = judge_images(prompts, images)
     assert verdicts["toy-bk-tiny-lcm"]["attributes"] >= verdicts["toy-bk-tiny"]["attributes"] + 0.03, verdicts
+
+
+def test_toy_judge_takes_a_student_run_folder_as_it_takes_the_catalogue_student(tmp_path, capsys):
+    import shutil
+
+    from studio.cli import main
+
+    run = tmp_path / "tiny-run"
+    shutil.copytree(TOY / "bk-tiny", run)  # an exported run: unet/ and the distillation card
+    reports = []
+    for model in ("toy-bk-tiny", str(run)):
+        assert main(["toy", "judge", "--model", model, "--n", "12", "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0]["n"] == reports[1]["n"] == 12
+    assert reports[1]["tasks"] == reports[0]["tasks"] and reports[1]["attributes"] == reports[0]["attributes"]
+    (run / "card.json").write_text(json.dumps({"config": {"teacher": "nobody", "arch": "tiny"}}))
+    assert main(["toy", "judge", "--model", str(run), "--n", "6"]) == 2
+    assert "teacher 'nobody'" in capsys.readouterr().err
+    assert main(["toy", "judge", "--model", str(tmp_path), "--n", "6"]) == 2
+    assert "student's run folder" in capsys.readouterr().err

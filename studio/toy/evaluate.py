@@ -7,6 +7,7 @@ the fidelity reference; the reports (`toy recipes`, `toy ablation`) and
 `toy judge` are built on it.
 """
 
+import json
 from pathlib import Path
 
 from studio.catalog import Catalog, ModelEntry, load_catalog, packaged_family
@@ -64,16 +65,31 @@ def evaluate_toy(models=TOY_MODELS, recipes=("paper",), seeds=(0,), n: int | Non
                  work, batch, log)
 
 
+def folder_entry(ref: str, catalog: Catalog) -> ModelEntry:
+    """A catalogue entry for a toy model folder: a pipeline (a teacher) or a student's run."""
+    folder = Path(ref).resolve()
+    if (folder / "model_index.json").is_file():
+        return ModelEntry(name=ref, source=str(folder), role="teacher", family="toy")
+    card = folder / "card.json"
+    if (folder / "unet" / "config.json").is_file() and card.is_file():
+        config = json.loads(card.read_text()).get("config", {})
+        if config.get("teacher") not in catalog or not config.get("arch"):
+            raise ValueError(f"--model {ref!r}: its card names teacher {config.get('teacher')!r} and arch "
+                             f"{config.get('arch')!r}; a student run is judged with a catalogue teacher and an arch")
+        return ModelEntry(name=ref, source=str(folder), role="student", family="toy", teacher=config["teacher"],
+                          arch=config["arch"])
+    raise ValueError(f"--model {ref!r} is not a catalogue model, a pipeline folder (model_index.json) or a student's "
+                     "run folder (unet/ and card.json)")
+
+
 def judge_model(ref: str, n: int | None = None, recipe: str = "paper", seeds=(0,), catalog: Catalog | None = None,
                 log=print) -> dict:
     """A model's judge scores with one recipe, averaged over seeds (with standard deviations). `ref`: a catalogue
-    name, or a pipeline folder (a toy teacher trained elsewhere)."""
+    name, a pipeline folder (a toy teacher trained elsewhere), or a student's run folder (unet/ and the card of
+    `distill` or `consistency`, whose teacher is in the catalogue)."""
     catalog = catalog or load_catalog()
     if ref not in catalog:
-        folder = Path(ref).resolve()
-        if not (folder / "model_index.json").is_file():
-            raise ValueError(f"--model {ref!r} is neither a catalogue model nor a pipeline folder (no model_index.json)")
-        catalog = catalog.with_entries([ModelEntry(name=ref, source=str(folder), role="teacher", family="toy")])
+        catalog = catalog.with_entries([folder_entry(ref, catalog)])
     rows = evaluate_toy((ref,), (recipe,), seeds, n, catalog, log=log)
     merged = over_seeds(rows, JUDGE_KEYS)[0]
     return {"model": ref, "recipe": recipe, "seeds": list(seeds), "n": merged["n"],
