@@ -100,26 +100,13 @@ def cmd_toy_data(args) -> None:
     print(f"wrote {args.n} images and metadata.jsonl to {out}")
 
 
-def parse_task_weights(items: list[str]) -> dict[str, float]:
-    """--task-weight TASK=W items as a dict (checked against the tasks by prompts.task_mix)."""
-    from studio.toy.prompts import task_mix
-
-    weights = {}
-    for item in items:
-        task, _, value = item.partition("=")
-        try:
-            weights[task] = float(value)
-        except ValueError:
-            raise ValueError(f"--task-weight: {item!r} is not TASK=WEIGHT (e.g. single_object=3)") from None
-    task_mix(weights)
-    return weights
-
-
 def cmd_toy_train(args) -> None:
+    from studio.toy.prompts import parse_task_weights
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
 
     config = ToyTrainConfig(out=args.out, seed=args.seed, vae_from=args.vae_from or "", unet_from=args.unet_from or "",
-                            task_weights=parse_task_weights(args.task_weight or []))
+                            task_weights=parse_task_weights(args.task_weight or []),
+                            zero_terminal_snr=args.zero_terminal_snr)
     for field in ("vae_steps", "unet_steps", "batch_size", "dataset_size", "max_minutes", "lr"):
         if getattr(args, field) is not None:
             if getattr(args, field) <= 0:
@@ -315,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate of the U-Net and text encoder (default 7e-4)")
     train.add_argument("--task-weight", action="append", metavar="TASK=W",
                        help="relative weight of a task family in the training captions (others weigh 1); repeatable")
+    train.add_argument("--zero-terminal-snr", action="store_true",
+                       help="train and sample on SD's betas rescaled to (almost) no signal at t=T (Lin et al. 2024)")
     train.set_defaults(run=uses_toy_world(cmd_toy_train))
     decoder = toy_commands.add_parser("decoder", help="distill the toy tiny decoder (TAESD layout) from the toy VAE")
     decoder.add_argument("--out", default="assets/toy/tiny-decoder")

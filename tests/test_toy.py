@@ -28,8 +28,7 @@ def test_data_is_deterministic_and_captioned_in_every_task_family():
 
 
 def test_a_task_mix_weights_the_training_captions_and_rejects_what_is_not_a_task():
-    from studio.cli import parse_task_weights
-    from studio.toy.prompts import task_mix
+    from studio.toy.prompts import parse_task_weights, task_mix
 
     mix = task_mix({"single_object": 3})
     assert mix[TASKS.index("single_object")] == pytest.approx(3 / 8) and mix.sum() == pytest.approx(1)
@@ -149,6 +148,30 @@ def test_a_few_training_steps_write_a_loadable_pipeline(tmp_path):
     assert [("loss_vae_recon" in r, "loss_denoise" in r) for r in rows] == [(True, False)] * 2 + [(False, True)] * 3
     card = json.loads((out / "card.json").read_text())
     assert card["kind"] == "toy-teacher" and card["config"]["unet_steps"] == 3 and card["steps"] == 5
+
+
+def test_zero_terminal_snr_betas_leave_almost_no_signal_at_t_and_every_sampler_runs_on_them(tmp_path):
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from studio.generation import make_scheduler
+    from studio.toy.train import ToyTrainConfig, train_toy_teacher
+    from studio.toy.world import SCHEDULE, TERMINAL_ALPHA_BAR, zero_terminal_snr_betas
+
+    sd = DDPMScheduler(**SCHEDULE).alphas_cumprod.double()
+    zero = DDPMScheduler(**SCHEDULE, trained_betas=zero_terminal_snr_betas()).alphas_cumprod.double()
+    assert sd[-1].item() > 4e-3 and zero[-1].item() == pytest.approx(TERMINAL_ALPHA_BAR, rel=1e-3)  # SD: 0.0047
+    assert zero[0].item() == pytest.approx(sd[0].item(), rel=1e-4) and bool((zero[1:] < zero[:-1]).all())
+    out = train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "t"), dataset_size=64, batch_size=4, vae_batch_size=4,
+                                           vae_steps=2, unet_steps=2, log_every=1, zero_terminal_snr=True))
+    pipe = StableDiffusionPipeline.from_pretrained(out, use_safetensors=True, torch_dtype=torch.float32)
+    assert pipe.scheduler.config.trained_betas == pytest.approx(zero_terminal_snr_betas())
+    assert json.loads((out / "card.json").read_text())["config"]["zero_terminal_snr"] is True
+    config = pipe.scheduler.config
+    for name in ("PNDM", "DDIM", "Euler", "DPM++ 2M Karras", "UniPC", "LCM"):  # each starts near t = T
+        pipe.scheduler = make_scheduler(name, config)
+        images = pipe("a red circle on a white background", num_inference_steps=3, guidance_scale=3.0,
+                      output_type="np", generator=torch.Generator().manual_seed(0)).images
+        assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all(), name
 
 
 def test_the_time_budget_stops_the_unet_stage_early(tmp_path):

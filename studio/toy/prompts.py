@@ -102,6 +102,19 @@ def task_mix(weights: dict[str, float]) -> np.ndarray:
     return raw / raw.sum()
 
 
+def parse_task_weights(items: list[str]) -> dict[str, float]:
+    """`toy train --task-weight TASK=W` items as a dict, checked by task_mix."""
+    weights = {}
+    for item in items:
+        task, _, value = item.partition("=")
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            raise ValueError(f"--task-weight: {item!r} is not TASK=WEIGHT (e.g. single_object=3)") from None
+    task_mix(weights)
+    return weights
+
+
 def random_prompt(rng, training: bool = True, task: str | None = None, mix: np.ndarray | None = None) -> Prompt:
     """A prompt of `task` (or a random one: uniform, or drawn with the probabilities `mix` from task_mix) with
     random attributes; training prompts never name a held-out pair."""

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from studio.toy.data import batch_tensors
 from studio.toy.prompts import task_mix
-from studio.toy.world import SCHEDULE, build_components
+from studio.toy.world import SCHEDULE, build_components, zero_terminal_snr_betas
 from studio.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 
 
@@ -53,6 +53,9 @@ class ToyTrainConfig:
     unet_from: str = ""
     # Relative weights of the task families in the training captions (a task not named weighs 1: uniform).
     task_weights: dict[str, float] = field(default_factory=dict)
+    # Zero terminal SNR (Lin et al. 2024): SD's schedule leaves signal at t = T in training, and the shipped teacher
+    # reads the start noise's coarse pattern as the object's color; on single objects it blends two colors.
+    zero_terminal_snr: bool = False
 
 
 METRICS = ["step", "loss_total", "loss_vae_recon", "loss_denoise", "lr", "seconds"]
@@ -72,6 +75,11 @@ class StageLog:
 
     def close(self) -> None:
         self.log.close()
+
+
+def noise_schedule(config: ToyTrainConfig) -> dict:
+    """The schedule the U-Net trains on and its pipeline samples with (SD's, or its zero-terminal-SNR betas)."""
+    return {**SCHEDULE, "trained_betas": zero_terminal_snr_betas()} if config.zero_terminal_snr else dict(SCHEDULE)
 
 
 def _cosine(step: int, total: int, warmup: int = 100) -> float:
@@ -130,7 +138,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log
     """Returns the last loss and the number of steps done (fewer than planned only at the deadline)."""
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(**SCHEDULE, prediction_type=config.prediction_type)
+    scheduler = DDPMScheduler(**noise_schedule(config), prediction_type=config.prediction_type)
     latents, scale = latents
     empty = tokenize(tokenizer, [""])
     ids = tokenize(tokenizer, captions)
@@ -238,7 +246,7 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
                                                 generator, deadline)
     finally:
         log.close()
-    scheduler = PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    scheduler = PNDMScheduler(**noise_schedule(config), skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
                               prediction_type=config.prediction_type)
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

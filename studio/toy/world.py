@@ -54,6 +54,21 @@ TEXT_CONFIG = {
 }
 # Stable Diffusion's noise schedule.
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+TERMINAL_ALPHA_BAR = 2.0**-24  # diffusers' Euler floors a zero terminal SNR here: sigma(T) stays finite
+
+
+def zero_terminal_snr_betas() -> list[float]:
+    """SCHEDULE's betas rescaled so almost no signal is left at t = T (Lin et al. 2024, as diffusers'
+    rescale_betas_zero_snr), with alpha_bar(T) floored at TERMINAL_ALPHA_BAR instead of 0, so the samplers
+    that work in sigma (Euler, DPM++) can start there. Stored as `trained_betas` in a pipeline's scheduler
+    config, they reach every sampler and trainer built from it."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    betas = DDPMScheduler(**SCHEDULE, rescale_betas_zero_snr=True).betas.double()
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    betas[-1] = 1 - TERMINAL_ALPHA_BAR / alpha_bar[-2]
+    return betas.tolist()
 
 
 def _bpe(pieces: list[str], ranks: dict) -> list[str]:
