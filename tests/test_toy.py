@@ -172,6 +172,9 @@ def test_zero_terminal_snr_betas_leave_almost_no_signal_at_t_and_every_sampler_r
         images = pipe("a red circle on a white background", num_inference_steps=3, guidance_scale=3.0,
                       output_type="np", generator=torch.Generator().manual_seed(0)).images
         assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all(), name
+    with pytest.raises(ValueError, match="pass --zero-terminal-snr"):  # not silently back on SD's schedule
+        train_toy_teacher(ToyTrainConfig(out=str(tmp_path / "u"), dataset_size=64, batch_size=4, unet_steps=1,
+                                         unet_from=str(out)))
 
 
 def test_the_time_budget_stops_the_unet_stage_early(tmp_path):

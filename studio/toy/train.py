@@ -197,7 +197,12 @@ def reuse_vae(folder: str):
     return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True).eval()
 
 
-def reuse_denoiser(folder: str):
+def _read_scheduler(folder: Path) -> dict:
+    path = folder / "scheduler" / "scheduler_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def reuse_denoiser(folder: str, zero_terminal_snr: bool = False):
     """The tokenizer, text encoder and U-Net of an earlier `toy train` output, in fp32 for training."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -206,6 +211,9 @@ def reuse_denoiser(folder: str):
     if not all((path / part / "config.json").is_file() for part in ("unet", "text_encoder")):
         raise ValueError(f"--unet-from: {folder} has no unet/ and text_encoder/; give a pipeline folder written by "
                          "`toy train`")
+    if not zero_terminal_snr and _read_scheduler(path).get("trained_betas"):
+        raise ValueError(f"--unet-from: {folder} was trained with zero terminal SNR; pass --zero-terminal-snr to train "
+                         "it on (SD's schedule would leave it signal at t=T that it never learned to read)")
     return (CLIPTokenizer.from_pretrained(path / "tokenizer"),
             CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32, use_safetensors=True),
             UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32, use_safetensors=True))
@@ -225,7 +233,7 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     tokenizer, text_encoder, vae, unet = build_components(out)
     log = StageLog(out / "metrics.csv")
     if config.unet_from:
-        tokenizer, text_encoder, unet = reuse_denoiser(config.unet_from)
+        tokenizer, text_encoder, unet = reuse_denoiser(config.unet_from, config.zero_terminal_snr)
         config.vae_from = config.vae_from or config.unet_from
     try:
         if config.vae_from:
