@@ -227,14 +227,14 @@ def train_toy_teacher(config: ToyTrainConfig) -> Path:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
+    tokenizer, text_encoder, vae, unet = build_components(out)
+    if config.unet_from:  # before rendering: a wrong source folder fails at once
+        tokenizer, text_encoder, unet = reuse_denoiser(config.unet_from, config.zero_terminal_snr)
+        config.vae_from = config.vae_from or config.unet_from
     print(f"rendering {config.dataset_size} training images ...", flush=True)
     mix = task_mix(config.task_weights) if config.task_weights else None
     images, captions = batch_tensors(range(config.dataset_size), config.seed, mix=mix)
-    tokenizer, text_encoder, vae, unet = build_components(out)
     log = StageLog(out / "metrics.csv")
-    if config.unet_from:
-        tokenizer, text_encoder, unet = reuse_denoiser(config.unet_from, config.zero_terminal_snr)
-        config.vae_from = config.vae_from or config.unet_from
     try:
         if config.vae_from:
             vae = reuse_vae(config.vae_from)
