@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (DryRunError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                     RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
+from studio.budget import folder_bytes
 from studio.catalog import Catalog
 from studio.loading import ModelUnavailableError
 from studio.progress import Callback, report
@@ -63,9 +64,11 @@ def _arrived(folder: Path) -> int:
     return sum(p.stat().st_size for p in (folder / "blobs").glob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def fetch(source: str, patterns: list[str], label: str, callback: Callback | None = None) -> None:
+def fetch(source: str, patterns: list[str], label: str, callback: Callback | None = None,
+          budget: int | None = None) -> None:
     """Download what matches `patterns` of hub repo `source` that the cache lacks, reporting ("download", bytes
-    done, bytes total, model=label). Raises DownloadError, named, when that can't be done."""
+    done, bytes total, model=label). Raises DownloadError, named, when that can't be done, or when the cache would
+    then hold more than `budget` bytes."""
     try:
         planned = snapshot_download(source, allow_patterns=patterns, dry_run=True)
     except Exception as error:  # noqa: BLE001  every hub failure becomes one named error
@@ -82,6 +85,11 @@ def fetch(source: str, patterns: list[str], label: str, callback: Callback | Non
     if total > free:
         raise DownloadError(f"{source} needs {total / GB:.2f} GB and the disk of the Hugging Face cache has "
                             f"{free / GB:.2f} GB free; free space or point HF_HOME at a larger disk")
+    if budget is not None:
+        held = folder_bytes(Path(hub_constants.HF_HUB_CACHE))
+        if held + total > budget:
+            raise DownloadError(f"{source} needs {total / GB:.2f} GB and the Hugging Face cache holds {held / GB:.2f} "
+                                f"GB of this server's {budget / GB:.2f} GB download budget (--download-disk-gb)")
     folder = Path(hub_constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}"
     start, done = _arrived(folder), threading.Event()
 
@@ -105,9 +113,11 @@ def _existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
-def ensure_downloaded(name: str, catalog: Catalog, callback: Callback | None = None) -> None:
+def ensure_downloaded(name: str, catalog: Catalog, callback: Callback | None = None,
+                      budget: int | None = None) -> None:
     """Fetch the hub repositories a catalogue model loads from (a student's U-Net and its teacher's pipeline),
-    with progress; local folders, and everything while HF_HUB_OFFLINE is set, are left to the loader."""
+    with progress, within `budget` bytes of cache; local folders, and everything while HF_HUB_OFFLINE is set, are
+    left to the loader."""
     if hub_constants.HF_HUB_OFFLINE:
         return
     entry = catalog.get(name)
@@ -116,4 +126,4 @@ def ensure_downloaded(name: str, catalog: Catalog, callback: Callback | None = N
         needs.append((catalog.get(entry.teacher), [f for f in PIPELINE_FILES if not f.startswith("unet/")]))
     for model, patterns in needs:
         if not model.is_local:
-            fetch(model.source, patterns, model.name, callback)
+            fetch(model.source, patterns, model.name, callback, budget)

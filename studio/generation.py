@@ -64,6 +64,12 @@ def native_resolution(pipeline: StableDiffusionPipeline) -> int:
     return pipeline.unet.config.sample_size * pipeline.vae_scale_factor
 
 
+def smallest_resolution(vae_scale: int, unet_stages: int) -> int:
+    """The smallest image a U-Net draws: a latent that its stages can halve down to one cell at the innermost stage
+    (smaller crashes inside the U-Net, e.g. the toy's at 8 px)."""
+    return vae_scale * 2 ** (unet_stages - 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     prompt: str
@@ -81,8 +87,9 @@ class Settings:
     dtype: str = "fp32"
     recipe: str = "custom"  # the recipe these came from (studio/recipes.py), for readouts
 
-    def check(self, native: int | None = None) -> None:
-        """Raise ValueError naming what is wrong and what is allowed (the resolution once `native` is known)."""
+    def check(self, native: int | None = None, smallest: int = 8) -> None:
+        """Raise ValueError naming what is wrong and what is allowed (the resolution once `native` and `smallest`
+        are known)."""
         if not self.prompt or not self.prompt.strip():
             raise ValueError("the prompt is empty; describe the image to generate")
         check_text("the prompt", self.prompt, MAX_PROMPT_CHARS)
@@ -111,6 +118,9 @@ class Settings:
         if self.resolution is not None:
             if self.resolution % 8 or self.resolution < 8:
                 raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+            if self.resolution < smallest:
+                raise ValueError(f"resolution {self.resolution} is too small for this model; the smallest it draws "
+                                 f"is {smallest} (native {native})")
             if native is not None and self.resolution > MAX_UPSCALE * native:
                 raise ValueError(f"resolution {self.resolution} is too large for this model (native {native}); "
                                  f"the most is {MAX_UPSCALE * native}")
@@ -294,7 +304,9 @@ def compare_iter(cache: PipelineCache, models: list[str], settings: Settings | l
         report(callback, "load", i, len(cells), model=name)
         dtype = parse_dtype(column.dtype)
         started, was_loaded = time.perf_counter(), cache.loaded(name, dtype)
-        column.check(native_resolution(cache.get(name, catalog, dtype, callback)))
+        pipeline = cache.get(name, catalog, dtype, callback)
+        column.check(native_resolution(pipeline), smallest_resolution(pipeline.vae_scale_factor,
+                                                                      len(pipeline.unet.config.block_out_channels)))
         cache.decoder(name, column.decoder, catalog, dtype)
         load_seconds.setdefault((name, dtype), 0.0 if was_loaded else time.perf_counter() - started)
 

@@ -21,7 +21,7 @@ from studio.acceleration import LatentPreview, TinyDecoderPreview
 from studio.bench import synchronize
 from studio.catalog import Catalog, CatalogError, UnknownModelError, read_configs
 from studio.downloads import ensure_downloaded
-from studio.loading import ModelUnavailableError, load_pipeline, load_tiny_decoder
+from studio.loading import ModelUnavailableError, check_at_hand, load_pipeline, load_tiny_decoder
 from studio.profiling import component_params, count_params, count_unet_macs, meta_unet
 from studio.progress import Callback
 
@@ -50,8 +50,11 @@ def _modules(pipeline: StableDiffusionPipeline) -> list[torch.nn.Module]:
 
 class PipelineCache:
     def __init__(self, catalog: Catalog, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, downloads: bool = True, download_budget: int | None = None):
         self.catalog = catalog
+        # downloads: fetch a hub model that is not in the cache (else refuse it); download_budget: bytes the Hugging
+        # Face cache may hold after a download
+        self.downloads, self.download_budget = downloads, download_budget
         self.device = torch.device(device)
         self.dtype = dtype  # used when no dtype is asked for
         self.memory_budget = memory_budget
@@ -149,7 +152,10 @@ class PipelineCache:
         key = (name, dtype)
         if key not in self._pipelines:
             catalog.get(name)  # an unknown name fails here, before anything is evicted
-            ensure_downloaded(name, catalog, callback)
+            if self.downloads:
+                ensure_downloaded(name, catalog, callback, self.download_budget)
+            else:
+                check_at_hand(name, catalog)
             self._make_room(name, self._need(name, catalog, dtype))
             before = self.used_bytes()
             pipeline = load_pipeline(name, catalog, dtype, teacher=self._donor(name, catalog, dtype))

@@ -27,6 +27,37 @@ def test_a_request_costs_its_models_recipes_steps_and_pixels(tiny_catalog):
     native = input_geometry(read_configs("tiny-teacher", tiny_catalog)).resolution
     large = Settings("a cat", steps=25, guidance=7.5, resolution=2 * native)
     assert request_cost(tiny_catalog, ["tiny-teacher"], [large]) == pytest.approx(4.0)
+    # Below the native size a U-Net call costs about as much as at it: pixels count from the native size up.
+    small = Settings("a cat", steps=25, guidance=7.5, resolution=native // 2)
+    assert request_cost(tiny_catalog, ["tiny-teacher"], [small]) == pytest.approx(1.0)
+
+
+def test_a_size_below_what_a_model_draws_is_named_before_anything_loads(tiny_catalog):
+    configs = read_configs("tiny-teacher", tiny_catalog)
+    stages = len(configs["unet"]["block_out_channels"])
+    smallest = input_geometry(configs).resolution // configs["unet"]["sample_size"] * 2 ** (stages - 1)
+    for hosting in (Hosting(public=True), Hosting(public=False)):
+        check_request(hosting, "cpu", tiny_catalog, ["tiny-teacher"], [Settings("a cat", resolution=smallest)])
+        with pytest.raises(ValueError, match=rf"resolution {smallest - 8} is too small for tiny-teacher: its U-Net "
+                                             rf"halves the latent {stages - 1} times, so the smallest is {smallest} px"):
+            check_request(hosting, "cpu", tiny_catalog, ["tiny-teacher"], [Settings("a cat", resolution=smallest - 8)])
+
+
+def test_a_client_address_is_read_only_where_it_is_real():
+    from starlette.requests import Request
+
+    import gradio as gr
+
+    from studio.ui.hosting import client_address
+
+    def asking(forwarded: str | None, peer="10.0.0.9"):
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return gr.Request(request=Request({"type": "http", "headers": headers, "client": (peer, 1234), "path": "/"}))
+
+    assert client_address(asking("1.2.3.4"), proxy_hops=0) == "10.0.0.9"  # no proxy trusted: the socket's peer
+    assert client_address(asking("6.6.6.6, 1.2.3.4"), proxy_hops=1) == "1.2.3.4"  # what the proxy appended
+    assert client_address(asking("6.6.6.6, 1.2.3.4, 10.1.1.1"), proxy_hops=2) == "1.2.3.4"
+    assert client_address(asking(None), proxy_hops=1) is None  # not through the proxy: no address to trust
 
 
 def test_public_requests_over_the_cap_or_in_slow_dtypes_are_refused_locally_not(tiny_catalog):

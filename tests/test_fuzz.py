@@ -21,7 +21,10 @@ OPTIONAL_TEXT = [HUGE, CONTROL, ["a", "list"]]
 WHOLE = [None, "abc", -1, 10**13, [1]]
 REAL = [None, "abc", -1.0, 1e12, [1.0]]
 CHOICE = [None, "nope", 12, HUGE, CONTROL]
-MODELS = [None, "tiny-teacher", [], ["nope"], [1, 2], [HUGE], ["job-20260101-000000-ffffff"]]
+# sd-v1.4 and toy-teacher are in the catalogue but not the family's: a public studio neither downloads nor runs them.
+MODELS = [None, "tiny-teacher", [], ["nope"], [1, 2], [HUGE], ["job-20260101-000000-ffffff"], ["sd-v1.4"],
+          ["toy-teacher"]]
+OTHER_FAMILIES = ["sd-v1.4", "toy-teacher"]
 JOB = ["", "nope", "../../etc", HUGE, CONTROL, 12, "20260101-000000-ffffff"]
 JOB_STATUS = JOB[1:]  # for a status, "" is no selection
 JOBS = [["nope"], ["../../etc"], [HUGE], "20260101-000000-ffffff", [12]]
@@ -37,20 +40,20 @@ ENDPOINTS = {
     "/compare": [("models", "models", ["tiny-small"], MODELS), ("prompt", "prompt", "a cat", TEXT),
                  ("negative", "negative prompt", "", OPTIONAL_TEXT), ("seed", "seed", 1, WHOLE),
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
-                 ("scheduler", "scheduler", "Euler", CHOICE), ("resolution", "resolution", 0, [-8, 36, 10**6, "abc"]),
+                 ("scheduler", "scheduler", "Euler", CHOICE), ("resolution", "resolution", 0, [-8, 36, 10**6, "abc", 8]),
                  *RECIPE_KNOBS, ("recipes", "grid", [], [None, "paper", ["nope"], [12], [HUGE]])],
     "/img2img": [("models", "models", ["tiny-small"], MODELS),
                  ("image", "image", "IMAGE", [None, "NOT_AN_IMAGE", "PIXEL_BOMB"]),
                  ("strength", "strength", 0.5, [None, "abc", 0, 2.0]), ("prompt", "prompt", "a cat", TEXT),
                  ("negative", "negative prompt", "", OPTIONAL_TEXT), ("seed", "seed", 1, WHOLE),
                  ("steps", "steps", 2, WHOLE), ("guidance", "guidance", 2.0, REAL),
-                 ("scheduler", "scheduler", "DDIM", CHOICE), ("resolution", "resolution", 0, [-8, 36, "abc"]),
+                 ("scheduler", "scheduler", "DDIM", CHOICE), ("resolution", "resolution", 0, [-8, 36, "abc", 8]),
                  *RECIPE_KNOBS],
-    "/design": [("teacher", "teacher", "tiny-teacher", CHOICE), ("preset", "student", "custom", CHOICE),
+    "/design": [("teacher", "teacher", "tiny-teacher", CHOICE + OTHER_FAMILIES), ("preset", "student", "custom", CHOICE),
                 ("layers", "layers", "1", ["abc", "-1", "1,2,3,4,5,6,7", HUGE, CONTROL]),
                 ("keep_mid", "keep mid", True, ["abc", [1]]), ("keep_innermost", "innermost", True, ["abc", [1]]),
                 ("resolution", "resolution", 0, [-8, 13, "abc", 10**9])],
-    "/train_start": [("teacher", "teacher", "tiny-teacher", CHOICE), ("preset", "student", "custom", CHOICE),
+    "/train_start": [("teacher", "teacher", "tiny-teacher", CHOICE + OTHER_FAMILIES), ("preset", "student", "custom", CHOICE),
                      ("layers", "layers", "1", ["abc"]), ("keep_mid", "keep mid", False, ["abc"]),
                      ("keep_innermost", "innermost", True, ["abc"]), ("data", "data", "toy", CHOICE + ["upload"]),
                      ("upload", "data", None, []), ("steps", "steps", 10, WHOLE + [0]),
@@ -58,7 +61,7 @@ ENDPOINTS = {
                      ("lambda_out", "λ output", 1.0, REAL), ("lambda_feat", "λ feature", 1.0, REAL),
                      ("batch_size", "batch size", 2, WHOLE + [0, 10**6])],
     "/train_status": [("job", "job", None, JOB_STATUS)],
-    "/consistency_start": [("student", "student", "tiny-small", CHOICE + ["tiny-teacher"]),
+    "/consistency_start": [("student", "student", "tiny-small", CHOICE + ["tiny-teacher", "bk-sdm-small", "toy-bk-tiny"]),
                            ("mode", "mode", "full", CHOICE), ("ode", "ODE teacher", "teacher", CHOICE),
                            ("data", "data", "toy", CHOICE), ("images", "teacher images", 0, WHOLE + [11]),
                            ("steps", "steps", 2, WHOLE + [0]), ("lr", "learning rate", 1e-4, REAL + [0.0]),

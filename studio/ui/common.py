@@ -33,7 +33,7 @@ from studio.safety import SafetyChecker, family_checker, screen_file
 from studio.jobs import JobError, JobManager, read_metrics
 from studio.loading import ModelUnavailableError, in_reach
 from studio.training import TrainingError
-from studio.ui.hosting import Hosting, identity, without_paths
+from studio.ui.hosting import Hosting, identity, public_catalog, without_paths
 from studio.workspaces import Workspace, Workspaces
 
 INPUT_ERRORS = (ValueError, UnknownModelError, CatalogError, ModelUnavailableError, CompressionError, JobError,
@@ -94,7 +94,12 @@ class Studio:
                hosting: Hosting | None = None) -> "Studio":
         hosting = hosting or Hosting(public=False)
         hosting.check()
-        cache = PipelineCache(catalog, device, memory_budget=int(hosting.model_memory_gb * 1024**3))
+        if hosting.public:
+            catalog = public_catalog(catalog, family, hosting.allow_download)
+        downloads = not hosting.public or hosting.allow_download
+        cache = PipelineCache(catalog, device, memory_budget=int(hosting.model_memory_gb * 1024**3),
+                              downloads=downloads, download_budget=int(hosting.download_disk_gb * 1024**3)
+                              if hosting.public else None)
 
         def reserved() -> int:  # a job leaves room for what the model cache may still load, and 0.5 GB for the app
             return max(0, cache.memory_budget - cache.used_bytes()) + 1024**3 // 2
@@ -103,6 +108,10 @@ class Studio:
                                 reserved)
         studio = cls(catalog, catalog.family(family), device, cache, workspaces, hosting)
         if not studio.models():
+            if hosting.public:
+                raise ValueError(f"public mode: no model of family {family!r} is on this server, and visitors' "
+                                 "requests download nothing unless --allow-download is given; download the family's "
+                                 "models first (they load from the Hugging Face cache), or allow downloads")
             families = sorted({e.family for e in catalog})
             raise ValueError(f"no teacher of family {family!r} in the catalogue; families: {', '.join(families)}")
         return studio
@@ -129,7 +138,7 @@ class Studio:
 
     def workspace(self, request: gr.Request | None = None) -> Workspace:
         """The asking visitor's workspace (public mode), or the one workspace (local mode)."""
-        return self.workspaces.get(identity(request) if self.hosting.public else None)
+        return self.workspaces.get(identity(request, self.hosting.sign_in) if self.hosting.public else None)
 
     def shown_at_build(self) -> Workspace | None:
         """The workspace whose work a freshly built page may show: only locally (public pages fill in on load)."""

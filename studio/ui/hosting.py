@@ -1,13 +1,24 @@
 """Hosting the studio: local (one trusted user) or public (visitors kept apart, with quotas).
 
 Who a visitor is, in public mode, first match wins:
-  1. their Hugging Face account, when they logged in (OAuth on a Space);
+  1. their Hugging Face account, when they logged in (OAuth on a Space, only with `--sign-in`);
   2. the `X-Studio-Visitor` header: an API client's secret token (16-128 letters, digits, '-' or '_');
   3. the `studio_visitor` cookie the app sets on a browser's first visit (it survives reloads);
   4. the page session, when cookies are off (its work is then reachable until the page is closed).
 A token names a workspace; whoever holds it sees that work, so it is kept secret like a password.
+
+An MCP call is relayed by gradio through one internal client shared by every MCP
+caller, so its cookies and session stand for nobody: an MCP caller is known by
+its header alone, and one without it is refused with a message saying how to
+send it.
+
+Where a visitor is (their client address) is read only where it is real: the
+socket's peer, or with `--proxy-hops N` (on a Space: 1) the address the N-th
+trusted proxy from the app wrote into X-Forwarded-For.
 """
 
+import hmac
+import json
 import os
 import re
 import secrets
@@ -18,10 +29,20 @@ import gradio as gr
 import psutil
 
 from studio.budget import GB, JobLimits
+from studio.catalog import Catalog
+from studio.loading import ModelUnavailableError, check_at_hand
 from studio.cpu import CpuBudget, machine_threads
 from studio.options import check_fields, option
 
 HEADER = "x-studio-visitor"
+MCP_CLIENT = ("x-gradio-user", "mcp")  # the header gradio's MCP relay sends on every call it makes
+MCP_PATH = "/gradio_api/mcp"
+MCP_NEEDS_HEADER = ("visitor: an MCP call to this public studio must carry an X-Studio-Visitor header, a secret "
+                    "token of 16-128 letters, digits, '-' or '_' that names your workspace (e.g. from "
+                    "secrets.token_urlsafe(32)); add it under `headers` in your MCP client's server entry")
+RELAYED_FOR = "x-studio-relayed-for"  # the MCP caller's address, as the MCP door saw it, signed for the relay
+_RELAY_KEY = secrets.token_bytes(32)  # per process: only this server's MCP door can vouch for an address
+OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
 COOKIE = "studio_visitor"
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 COOKIE_MAX_AGE = 90 * 24 * 3600
@@ -63,8 +84,24 @@ class Hosting:
                            "a visitor's work follows their account across browsers (default: on where the Space "
                            "has hf_oauth: true, which sets OAUTH_CLIENT_ID)")
 
+    allow_download: bool = option(False, "public: let a visitor's request download the family's models from the hub "
+                                  "(default: off; only models on this server's disk, shipped or preloaded, are "
+                                  "served)")
+    download_disk_gb: float = option(40.0, "public, with --allow-download: what the Hugging Face cache may hold "
+                                     "(GB); a download past it is refused", above=0)
+    max_queued_per_address: int = option(4, "public: requests one client address may have waiting or running at "
+                                         "once, whatever visitor tokens it sends", min=1)
+    proxy_hops: int = option(1 if os.environ.get("SPACE_ID") else 0, "public: trusted proxies in front of the app; "
+                             "the client address is the one the outermost wrote into X-Forwarded-For (0: the "
+                             "socket's peer; default: 1 on a Space, else 0)", min=0)
+    max_mcp_connections: int = option(64, "public: open MCP connections in all", min=1)
+    max_mcp_connections_per_visitor: int = option(4, "public: open MCP connections per visitor (token, else client "
+                                                  "address)", min=1)
+
     def check(self) -> None:
         check_fields(self)
+        if self.public and self.sign_in:
+            check_oauth()
 
     def limits(self) -> JobLimits:
         """The job limits: the public quotas, or the local defaults (no caps) with the upload checks."""
@@ -90,6 +127,38 @@ class Hosting:
         return self.expire_hours * 3600 if self.public else None
 
 
+def check_oauth() -> None:
+    """Public sign-in needs gradio's real OAuth: on a Space (SYSTEM=spaces, SPACE_ID), with every OAuth variable the
+    Space sets for hf_oauth. Without the secret gradio signs sessions with a key anyone can derive, and off a Space it
+    mocks sign-in as the server owner's account for every visitor, so either is refused at start."""
+    import gradio.oauth
+    from gradio.utils import get_space
+
+    missing = [name for name in OAUTH_VARIABLES if not getattr(gradio.oauth, name, None) and not os.environ.get(name)]
+    if not get_space():
+        missing.insert(0, "SYSTEM=spaces and SPACE_ID (off a Space gradio mocks sign-in as one account)")
+    if missing:
+        raise ValueError(f"--sign-in: needs a real OAuth set-up (a Space with hf_oauth: true); missing: "
+                         f"{', '.join(missing)}. Start without --sign-in (visitors keep their work by cookie)")
+
+
+def public_catalog(catalog: Catalog, family: str, allow_download: bool) -> Catalog:
+    """What a public studio serves: the family's teachers and their students, and without `allow_download` only
+    those on this server's disk (a local folder, or a hub model in the Hugging Face cache); a visitor's own students
+    join per workspace (`Studio.current_catalog`). Every endpoint looks models up here, so nothing else can be
+    loaded, trained from or downloaded on a visitor's request."""
+    def at_hand(name: str) -> bool:
+        try:
+            check_at_hand(name, catalog)
+            return True
+        except ModelUnavailableError:
+            return False
+
+    teachers = [e for e in catalog.teachers() if e.family == family and (allow_download or at_hand(e.name))]
+    students = [s for t in teachers for s in catalog.students_of(t.name) if allow_download or at_hand(s.name)]
+    return Catalog([*teachers, *students], catalog.families)
+
+
 # An absolute path of two or more parts (not a URL's, not a hub id's "owner/name").
 _SERVER_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"():,;]+){2,}/?")
 
@@ -112,11 +181,22 @@ def _oauth_username(request: gr.Request) -> str | None:
     return (info.get("userinfo") or {}).get("preferred_username")
 
 
-def identity(request: gr.Request | None) -> str | None:
-    """Who is asking (see the module's docstring); None without a request (a direct call)."""
+def is_mcp(request: gr.Request) -> bool:
+    """A call through gradio's MCP server: relayed by its internal client, or made by it directly."""
+    if request.headers.get(MCP_CLIENT[0]) == MCP_CLIENT[1]:
+        return True
+    raw = request.request if isinstance(request, gr.Request) else request  # gradio's MCP fast path hands starlette's
+    scope = getattr(raw, "scope", None) or {}
+    return str(scope.get("path", "")).startswith(MCP_PATH)
+
+
+def identity(request: gr.Request | None, sign_in: bool = False) -> str | None:
+    """Who is asking (see the module's docstring); None without a request (a direct call). `sign_in`: the host has
+    real OAuth, so a signed-in session names the visitor."""
     if request is None:
         return None
-    user = _oauth_username(request)
+    mcp = is_mcp(request)
+    user = _oauth_username(request) if sign_in and not mcp else None
     if user:
         return f"hf:{user}"
     header = request.headers.get(HEADER)
@@ -125,10 +205,105 @@ def identity(request: gr.Request | None) -> str | None:
             raise ValueError("X-Studio-Visitor header: must be 16-128 letters, digits, '-' or '_' (a secret "
                              "token you keep, e.g. from secrets.token_urlsafe(32))")
         return f"token:{header}"
+    if mcp:  # the relay's cookie and session are shared by every MCP caller
+        raise ValueError(MCP_NEEDS_HEADER)
     cookie = request.cookies.get(COOKIE)
     if cookie and TOKEN.fullmatch(cookie):
         return f"token:{cookie}"
-    return f"session:{request.session_hash}" if request.session_hash else None
+    session = getattr(request, "session_hash", None)
+    return f"session:{session}" if session else None
+
+
+def _address(forwarded_for: str | None, peer: str | None, proxy_hops: int) -> str | None:
+    """The caller's address: the socket's peer, or what the outermost of `proxy_hops` trusted proxies wrote into
+    X-Forwarded-For (each proxy appends the address it saw; anything before that is the caller's own word)."""
+    if not proxy_hops:
+        return peer
+    hops = [part.strip() for part in (forwarded_for or "").split(",") if part.strip()]
+    return hops[-proxy_hops] if len(hops) >= proxy_hops else None
+
+
+def _signed(address: str) -> str:
+    return hmac.new(_RELAY_KEY, address.encode(), "sha256").hexdigest()[:32]
+
+
+def client_address(request: gr.Request, proxy_hops: int) -> str | None:
+    """Where the caller is, where that is real (see the module's docstring); for a call relayed from MCP, the
+    address the MCP door saw and signed."""
+    relayed = request.headers.get(RELAYED_FOR)
+    if relayed and is_mcp(request):
+        address, _, signature = relayed.rpartition(" ")
+        if hmac.compare_digest(signature, _signed(address)):
+            return address
+    client = getattr(request, "client", None)
+    return _address(request.headers.get("x-forwarded-for"), getattr(client, "host", None), proxy_hops)
+
+
+class McpDoor:
+    """ASGI middleware on the MCP server's paths (public mode): a body over the upload limit is refused before it is
+    read (gradio would write an inline file to disk first); open connections are bounded per visitor (their token,
+    else their address) and in all; the caller's address is handed to the relay, signed."""
+
+    def __init__(self, app, hosting: "Hosting"):
+        self.app, self.hosting = app, hosting
+        self.max_body = int(hosting.max_upload_mb * 1024**2 * 4 / 3) + 64 * 1024  # base64 of the largest upload
+        self.open: dict[str, int] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(MCP_PATH):
+            return await self.app(scope, receive, send)
+        headers = [(k, v) for k, v in scope["headers"] if k != RELAYED_FOR.encode()]
+        found = dict(headers)
+        peer = (scope.get("client") or (None,))[0]
+        address = _address(found.get(b"x-forwarded-for", b"").decode("latin-1"), peer, self.hosting.proxy_hops)
+        if address:
+            headers.append((RELAYED_FOR.encode(), f"{address} {_signed(address)}".encode()))
+        scope = {**scope, "headers": headers}
+        length = found.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            return await _refuse(send, 413, f"upload: the request is {int(length) / 1024**2:.1f} MB; this studio "
+                                            f"takes uploads up to {self.hosting.max_upload_mb} MB")
+        token = found.get(HEADER.encode(), b"").decode("latin-1")
+        visitor = f"token:{token}" if TOKEN.fullmatch(token) else f"address:{address}"
+        if sum(self.open.values()) >= self.hosting.max_mcp_connections:
+            return await _refuse(send, 429, f"MCP: {self.hosting.max_mcp_connections} connections are open, the "
+                                            "most this studio serves at once; try again shortly")
+        if self.open.get(visitor, 0) >= self.hosting.max_mcp_connections_per_visitor:
+            return await _refuse(send, 429, f"MCP: you have {self.open[visitor]} connections open; each visitor "
+                                            f"may have {self.hosting.max_mcp_connections_per_visitor}. Close one")
+        self.open[visitor] = self.open.get(visitor, 0) + 1
+        try:
+            await self.app(scope, _capped(receive, self.max_body), send)
+        finally:
+            self.open[visitor] -= 1
+            if not self.open[visitor]:
+                del self.open[visitor]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _capped(receive, limit: int):
+    """`receive` that stops a body (sent without a length) once it passes `limit` bytes."""
+    seen = 0
+
+    async def capped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"upload: the request passed {limit / 1024**2:.0f} MB")
+        return message
+    return capped
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class VisitorCookie:
@@ -141,7 +316,8 @@ class VisitorCookie:
             ("SameSite=None; Secure; Partitioned" if secure else "SameSite=Lax")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "GET" or not _is_entry(scope["path"]) or _has_cookie(scope):
+        if scope["type"] != "http" or scope["method"] != "GET" or not _is_entry(scope["path"]) or _has_cookie(scope) \
+                or _from_mcp_relay(scope):
             return await self.app(scope, receive, send)
         cookie = f"{COOKIE}={secrets.token_urlsafe(32)}; {self.attributes}".encode()
 
@@ -158,15 +334,22 @@ def _is_entry(path: str) -> bool:
     return path.endswith("/") or path.endswith("/config")
 
 
+def _from_mcp_relay(scope) -> bool:
+    """Gradio's MCP relay: a cookie set on it would stand for every MCP caller."""
+    return (MCP_CLIENT[0].encode(), MCP_CLIENT[1].encode()) in scope["headers"]
+
+
 def _has_cookie(scope) -> bool:
     return any(name == b"cookie" and f"{COOKIE}=".encode() in value for name, value in scope["headers"])
 
 
 def launch_options(hosting: Hosting) -> dict:
-    """Keyword arguments for `Blocks.launch`: the upload cap and, in public mode, the visitor cookie."""
+    """Keyword arguments for `Blocks.launch`: the upload cap and, in public mode, the visitor cookie and the MCP
+    door."""
     from starlette.middleware import Middleware
 
     options = {"max_file_size": f"{hosting.max_upload_mb}mb"}
     if hosting.public:
-        options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID")))]}
+        options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
+                                                Middleware(McpDoor, hosting=hosting)]}
     return options

@@ -80,9 +80,32 @@ def _labelled(base, accepts: tuple = (), what: str = "", check=None):
     return Labelled
 
 
+def _open_choices(info: dict) -> dict:
+    """An API schema without its `enum`: the choices the page was built with become examples, so an API or MCP
+    client may name any value the handler accepts (a visitor's own jobs and students, which no page lists ahead;
+    gradio's MCP server refuses arguments outside an enum)."""
+    info = dict(info)
+    if info.get("type") == "array":
+        info["items"] = _open_choices(info["items"])
+        return info
+    choices = info.pop("enum", None)
+    if choices:
+        info["examples"] = choices
+    return info
+
+
+class Dropdown(_labelled(gr.Dropdown)):
+    """A dropdown whose API schema, with `allow_custom_value`, lists its choices as examples, not as the only values."""
+
+    is_template = True
+
+    def api_info(self) -> dict:
+        info = super().api_info()
+        return _open_choices(info) if self.allow_custom_value else info
+
+
 Checkbox = _labelled(gr.Checkbox, (bool,), "true or false")
 CheckboxGroup = _labelled(gr.CheckboxGroup)
-Dropdown = _labelled(gr.Dropdown)
 File = _labelled(gr.File)
 Image = _labelled(gr.Image, check=_pixels_in_header)
 Number = _labelled(gr.Number, (int, float), "a number")
@@ -92,9 +115,12 @@ Textbox = _labelled(gr.Textbox, (str,), "text")
 
 
 class ChoiceList(gr.CheckboxGroup):
-    """A list of names, any of which the handler may refuse (membership is not checked here)."""
+    """A list of names, any of which the handler may refuse (membership is not checked here, nor by the API schema)."""
 
     is_template = True
+
+    def api_info(self) -> dict:
+        return _open_choices(super().api_info())
 
     def preprocess(self, payload):
         if not isinstance(payload, list) or not all(isinstance(item, str) for item in payload):
