@@ -84,3 +84,37 @@ def test_every_way_a_download_fails_is_named(hub, monkeypatch):
     ensure_downloaded("hub-student", catalog)  # offline: left to the loader, which names what is missing
     with pytest.raises(ModelUnavailableError, match="not in the cache"):
         PipelineCache(catalog).get("hub-student")
+
+
+@pytest.mark.slow
+def test_a_public_studio_downloads_nothing_a_visitor_asks_for(hub, tmp_path):
+    """Issue 33: a visitor on the toy Space made the server fetch hub models. Public mode serves only the family's
+    models on disk; the operator allows downloads (--allow-download), within a disk budget."""
+    from conftest import serve_app
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from studio.ui.app import build_app
+    from studio.ui.hosting import Hosting
+
+    server, catalog, owner = hub
+    asked = ["a cat", "", 1, 2, 2.0, "Euler", 0]
+    with serve_app(catalog, tmp_path / "toy", family="toy", hosting=Hosting(public=True)) as url:
+        visitor = Client(url, verbose=False, headers={"X-Studio-Visitor": "v" * 24})
+        for model in ("hub-teacher", "hub-student", "sd-v1.4"):
+            with pytest.raises(AppError, match=rf"models: unknown '{model}'; choose from toy-teacher"):
+                visitor.predict([model], *asked, api_name="/compare")
+            with pytest.raises(AppError, match=rf"unknown model '{model}'|teacher"):
+                visitor.predict(model, "tiny", "1", False, True, "toy", None, 10, 1e-4, 1.0, 1.0, 1.0, 2,
+                                api_name="/train_start")
+    asked_for = [path for _, path, _ in server.requests if owner in path or "CompVis" in path]
+    assert asked_for == []  # not one request for a model reached the hub (gradio asks it for other things at launch)
+    with pytest.raises(ValueError, match="public mode: no model of family 'hub' is on this server"):
+        build_app(catalog, "hub", data_dir=tmp_path / "hub", hosting=Hosting(public=True))
+
+    budget = Hosting(public=True, allow_download=True, download_disk_gb=1e-6)  # about 1 kB
+    with serve_app(catalog, tmp_path / "allowed", family="hub", hosting=budget) as url:
+        visitor = Client(url, verbose=False, headers={"X-Studio-Visitor": "v" * 24})
+        with pytest.raises(AppError, match=r"needs 0.00 GB and the Hugging Face cache holds .* download budget"):
+            visitor.predict(["hub-teacher"], *asked, api_name="/compare")
+    assert not [path for method, path, _ in server.requests if method == "GET" and "/resolve/" in path]  # dry run only

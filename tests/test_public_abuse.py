@@ -7,15 +7,17 @@ import re
 import time
 import zipfile
 
+import httpx
 import psutil
 import pytest
 from conftest import serve_app
-from gradio_client import handle_file
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from test_public import COMPARE, TOKEN_A, TOKEN_B, TRAIN, visitor
 
 from studio.budget import folder_bytes
+from studio.ui.doors import LISTEN_SECONDS
 from studio.ui.hosting import Hosting
 from studio.workspaces import VISITORS, visitor_key
 
@@ -166,3 +168,35 @@ def test_many_visitors_do_not_slow_a_job_start(tiny_catalog, tmp_path):
     seconds = time.perf_counter() - started
     print(f"running-job count with 3,000 visitor folders: {seconds * 1000:.2f} ms")
     assert seconds < 0.01
+
+
+def test_invented_tokens_from_one_address_share_its_queue_and_a_real_visitor_is_served(tiny_catalog, tmp_path):
+    """50 made-up visitor tokens x 2 compares from one address (behind the Space's proxy, which appends the address it
+    saw to X-Forwarded-For), sent as plain API calls whose results nobody reads."""
+    hosting = Hosting(public=True, proxy_hops=1, max_queued_per_visitor=2, max_queued_per_address=4)
+    heavy = [["tiny-teacher"], "a cat", "", 1, 25, 2.0, "DDIM", 0, 1.0, 1, 0.0, "vae", "fp32", []]
+    with serve_app(tiny_catalog, tmp_path / "data", queue_size=16, hosting=hosting) as url:
+        real = Client(url, verbose=False, headers={"X-Studio-Visitor": TOKEN_B, "X-Forwarded-For": "203.0.113.7"})
+        real.predict(*heavy, api_name="/compare")  # warm: the model loaded
+        started = time.perf_counter()
+        real.predict(*heavy, api_name="/compare")
+        alone = time.perf_counter() - started
+        admitted, refused = 0, []
+        with httpx.Client(timeout=30) as http:
+            for n in range(100):
+                headers = {"X-Studio-Visitor": f"invented{n // 2:02d}" + "x" * 16, "X-Forwarded-For": "198.51.100.9"}
+                answer = http.post(url + "gradio_api/call/compare", json={"data": heavy}, headers=headers)
+                if answer.status_code == 200:
+                    admitted += 1
+                else:
+                    refused.append(answer.text)
+        started = time.perf_counter()
+        real.predict(*heavy, api_name="/compare")
+        waited = time.perf_counter() - started
+    print(f"flood: {admitted} of 100 admitted, {len(refused)} refused; a real visitor's compare took {waited:.1f} s "
+          f"(alone {alone:.1f} s)")
+    assert admitted <= hosting.max_queued_per_address and len(refused) == 100 - admitted
+    assert all("each address may have 4 at once" in text for text in refused), refused[:2]
+    # Nobody reads the flood's results: each is dropped after LISTEN_SECONDS without running; the real visitor's
+    # compare waits at most for those, not for the flood's work.
+    assert waited < alone + admitted * LISTEN_SECONDS + 10, (waited, alone)

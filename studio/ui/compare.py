@@ -16,6 +16,7 @@ from studio.recipes import PRESETS, recipe_name
 from studio.safety import screen
 from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback,
                               refresh_models_on_visit)
+from studio.ui.doors import check_listening
 from studio.ui.fairness import check_request
 from studio.workspaces import Workspace
 
@@ -266,6 +267,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         """
         with studio.errors():
             workspace = studio.workspace(request)
+            check_listening(studio.hosting.public, request)
             settings = settings_from_controls(prompt, negative, seed, steps, guidance, scheduler, resolution, 0.75,
                                               guidance_stop, cache_interval, tome_ratio, decoder, dtype,
                                               studio.family.guidance)

@@ -14,7 +14,7 @@ holds the one generation slot for minutes.
 
 import gradio as gr
 
-from studio.catalog import Catalog, read_configs
+from studio.catalog import Catalog, UnknownModelError, read_configs
 from studio.generation import Settings, smallest_resolution
 from studio.profiling import input_geometry, vae_scale_factor
 from studio.ui.hosting import Hosting, client_address, identity
@@ -83,6 +83,14 @@ def unet_evaluations(settings: Settings, img2img: bool = False) -> float:
     return steps * (1 + settings.guidance_stop) if guided else steps
 
 
+def _configs(name: str, catalog: Catalog) -> dict | None:
+    """A catalogue model's architecture configs without its weights, or None where the project has none."""
+    try:
+        return read_configs(name, catalog) if name in catalog else None
+    except UnknownModelError:
+        return None
+
+
 def request_cost(catalog: Catalog, models: list[str], columns: list[Settings], img2img: bool = False) -> float:
     """A request's cost in teacher images with `paper` at the model's own size: models x recipes x steps x guidance
     batch x pixels, every model counted as its teacher (an upper bound). A U-Net call costs at least one at the
@@ -90,7 +98,8 @@ def request_cost(catalog: Catalog, models: list[str], columns: list[Settings], i
     as long as requests counted 4.0), so pixels count from the native size up."""
     cost = 0.0
     for name in models:
-        native = input_geometry(read_configs(name, catalog)).resolution if name in catalog else None
+        configs = _configs(name, catalog)
+        native = input_geometry(configs).resolution if configs else None
         for column in columns:
             pixels = max(1.0, (column.resolution / native) ** 2) if column.resolution and native else 1.0
             cost += unet_evaluations(column, img2img) * pixels / PAPER_EVALUATIONS
@@ -101,9 +110,9 @@ def check_sizes(catalog: Catalog, models: list[str], columns: list[Settings]) ->
     """Refuse a resolution below what a model can draw (studio/generation.py: smallest_resolution), before any
     model is loaded."""
     for name in models:
-        if name not in catalog:
+        configs = _configs(name, catalog)
+        if configs is None:  # checked once loaded (Settings.check)
             continue
-        configs = read_configs(name, catalog)
         smallest = smallest_resolution(vae_scale_factor(configs.get("vae")),
                                        len(configs["unet"]["block_out_channels"]))
         for column in columns:

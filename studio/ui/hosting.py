@@ -18,7 +18,6 @@ trusted proxy from the app wrote into X-Forwarded-For.
 """
 
 import hmac
-import json
 import os
 import re
 import secrets
@@ -214,7 +213,7 @@ def identity(request: gr.Request | None, sign_in: bool = False) -> str | None:
     return f"session:{session}" if session else None
 
 
-def _address(forwarded_for: str | None, peer: str | None, proxy_hops: int) -> str | None:
+def forwarded_address(forwarded_for: str | None, peer: str | None, proxy_hops: int) -> str | None:
     """The caller's address: the socket's peer, or what the outermost of `proxy_hops` trusted proxies wrote into
     X-Forwarded-For (each proxy appends the address it saw; anything before that is the caller's own word)."""
     if not proxy_hops:
@@ -223,7 +222,7 @@ def _address(forwarded_for: str | None, peer: str | None, proxy_hops: int) -> st
     return hops[-proxy_hops] if len(hops) >= proxy_hops else None
 
 
-def _signed(address: str) -> str:
+def relay_signature(address: str) -> str:
     return hmac.new(_RELAY_KEY, address.encode(), "sha256").hexdigest()[:32]
 
 
@@ -233,114 +232,10 @@ def client_address(request: gr.Request, proxy_hops: int) -> str | None:
     relayed = request.headers.get(RELAYED_FOR)
     if relayed and is_mcp(request):
         address, _, signature = relayed.rpartition(" ")
-        if hmac.compare_digest(signature, _signed(address)):
+        if hmac.compare_digest(signature, relay_signature(address)):
             return address
     client = getattr(request, "client", None)
-    return _address(request.headers.get("x-forwarded-for"), getattr(client, "host", None), proxy_hops)
-
-
-class McpDoor:
-    """ASGI middleware on the MCP server's paths (public mode): a body over the upload limit is refused before it is
-    read (gradio would write an inline file to disk first); open connections are bounded per visitor (their token,
-    else their address) and in all; the caller's address is handed to the relay, signed."""
-
-    def __init__(self, app, hosting: "Hosting"):
-        self.app, self.hosting = app, hosting
-        self.max_body = int(hosting.max_upload_mb * 1024**2 * 4 / 3) + 64 * 1024  # base64 of the largest upload
-        self.open: dict[str, int] = {}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(MCP_PATH):
-            return await self.app(scope, receive, send)
-        headers = [(k, v) for k, v in scope["headers"] if k != RELAYED_FOR.encode()]
-        found = dict(headers)
-        peer = (scope.get("client") or (None,))[0]
-        address = _address(found.get(b"x-forwarded-for", b"").decode("latin-1"), peer, self.hosting.proxy_hops)
-        if address:
-            headers.append((RELAYED_FOR.encode(), f"{address} {_signed(address)}".encode()))
-        scope = {**scope, "headers": headers}
-        length = found.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body:
-            return await _refuse(send, 413, f"upload: the request is {int(length) / 1024**2:.1f} MB; this studio "
-                                            f"takes uploads up to {self.hosting.max_upload_mb} MB")
-        token = found.get(HEADER.encode(), b"").decode("latin-1")
-        visitor = f"token:{token}" if TOKEN.fullmatch(token) else f"address:{address}"
-        if sum(self.open.values()) >= self.hosting.max_mcp_connections:
-            return await _refuse(send, 429, f"MCP: {self.hosting.max_mcp_connections} connections are open, the "
-                                            "most this studio serves at once; try again shortly")
-        if self.open.get(visitor, 0) >= self.hosting.max_mcp_connections_per_visitor:
-            return await _refuse(send, 429, f"MCP: you have {self.open[visitor]} connections open; each visitor "
-                                            f"may have {self.hosting.max_mcp_connections_per_visitor}. Close one")
-        self.open[visitor] = self.open.get(visitor, 0) + 1
-        try:
-            await self.app(scope, _capped(receive, self.max_body), send)
-        finally:
-            self.open[visitor] -= 1
-            if not self.open[visitor]:
-                del self.open[visitor]
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def _capped(receive, limit: int):
-    """`receive` that stops a body (sent without a length) once it passes `limit` bytes."""
-    seen = 0
-
-    async def capped():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(f"upload: the request passed {limit / 1024**2:.0f} MB")
-        return message
-    return capped
-
-
-async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class VisitorCookie:
-    """ASGI middleware: a request for the page or its config without the visitor cookie gets one (a random token)."""
-
-    def __init__(self, app, secure: bool = False):
-        self.app = app
-        # In a Space the app runs in an iframe on huggingface.co: only a partitioned, secure cookie is kept there.
-        self.attributes = f"Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; " + \
-            ("SameSite=None; Secure; Partitioned" if secure else "SameSite=Lax")
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "GET" or not _is_entry(scope["path"]) or _has_cookie(scope) \
-                or _from_mcp_relay(scope):
-            return await self.app(scope, receive, send)
-        cookie = f"{COOKIE}={secrets.token_urlsafe(32)}; {self.attributes}".encode()
-
-        async def send_with_cookie(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
-
-
-def _is_entry(path: str) -> bool:
-    """The page itself or its config: what a browser and gradio_client fetch first."""
-    return path.endswith("/") or path.endswith("/config")
-
-
-def _from_mcp_relay(scope) -> bool:
-    """Gradio's MCP relay: a cookie set on it would stand for every MCP caller."""
-    return (MCP_CLIENT[0].encode(), MCP_CLIENT[1].encode()) in scope["headers"]
-
-
-def _has_cookie(scope) -> bool:
-    return any(name == b"cookie" and f"{COOKIE}=".encode() in value for name, value in scope["headers"])
+    return forwarded_address(request.headers.get("x-forwarded-for"), getattr(client, "host", None), proxy_hops)
 
 
 def launch_options(hosting: Hosting) -> dict:
@@ -348,8 +243,11 @@ def launch_options(hosting: Hosting) -> dict:
     door."""
     from starlette.middleware import Middleware
 
+    from studio.ui.doors import LISTENERS, McpDoor, VisitorCookie
+
     options = {"max_file_size": f"{hosting.max_upload_mb}mb"}
     if hosting.public:
         options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
-                                                Middleware(McpDoor, hosting=hosting)]}
+                                                Middleware(McpDoor, hosting=hosting),
+                                                Middleware(LISTENERS.middleware)]}
     return options

@@ -8,6 +8,7 @@ from studio.images import open_image
 from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback,
                               refresh_models_on_visit)
 from studio.ui.compare import compare_stream, settings_from_controls
+from studio.ui.doors import check_listening
 
 
 def img2img_stream(studio: Studio, models, image_path, strength, prompt, negative, seed, steps, guidance, scheduler,
@@ -46,6 +47,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
         """
         with studio.errors():
             workspace = studio.workspace(request)
+            check_listening(studio.hosting.public, request)
             for items, text in img2img_stream(studio, chosen, image, strength, prompt, negative, seed, steps,
                                               guidance, scheduler, resolution, guidance_stop, cache_interval,
                                               tome_ratio, decoder, dtype, progress_callback(progress), workspace,
