@@ -7,6 +7,8 @@ from dataclasses import fields
 import studio  # noqa: F401  (torchvision compatibility before gradio imports transformers)
 import studio.toy  # noqa: F401  (the toy world plugs in its data source and judge)
 from studio.catalog import load_catalog
+from studio.downloads import preload_family
+from studio.progress import TqdmProgress
 from studio.options import add_arguments, from_args
 from studio.ui.app import build_app
 from studio.ui.fairness import queue_app
@@ -37,7 +39,12 @@ def main() -> None:
                                    else f.type(value)})
     args = parser.parse_args()
     hosting = from_args(Hosting, args)
-    app = build_app(load_catalog(), args.family, args.device, args.data_dir, hosting)
+    catalog = load_catalog()
+    if hosting.preload:  # the operator's downloads, in bytes, before anyone is served
+        with TqdmProgress("B") as bars:
+            names = preload_family(catalog, args.family, bars, int(hosting.download_disk_gb * 1024**3))
+        print(f"preloaded: {', '.join(names)}")
+    app = build_app(catalog, args.family, args.device, args.data_dir, hosting)
     queue_app(app, hosting, args.queue_size)
     app.launch(server_name=args.host, server_port=args.port, mcp_server=args.mcp, prevent_thread_lock=True,
                **launch_options(hosting))

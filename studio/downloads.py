@@ -127,3 +127,14 @@ def ensure_downloaded(name: str, catalog: Catalog, callback: Callback | None = N
     for model, patterns in needs:
         if not model.is_local:
             fetch(model.source, patterns, model.name, callback, budget)
+
+
+def preload_family(catalog: Catalog, family: str, callback: Callback | None = None,
+                   budget: int | None = None) -> list[str]:
+    """Fetch every hub model of `family` (its teachers and their students) before a public studio serves it, which
+    then downloads nothing on a visitor's request; returns the names fetched or found."""
+    names = [t.name for t in catalog.teachers() if t.family == family]
+    names += [s.name for t in names for s in catalog.students_of(t)]
+    for name in names:
+        ensure_downloaded(name, catalog, callback, budget)
+    return names

@@ -118,3 +118,18 @@ def test_a_public_studio_downloads_nothing_a_visitor_asks_for(hub, tmp_path):
         with pytest.raises(AppError, match=r"needs 0.00 GB and the Hugging Face cache holds .* download budget"):
             visitor.predict(["hub-teacher"], *asked, api_name="/compare")
     assert not [path for method, path, _ in server.requests if method == "GET" and "/resolve/" in path]  # dry run only
+
+
+def test_the_operator_preloads_a_family_and_the_public_studio_serves_it(hub, tmp_path):
+    from studio.downloads import preload_family
+    from studio.ui.common import Studio
+    from studio.ui.hosting import Hosting
+
+    server, catalog, owner = hub
+    assert preload_family(catalog, "hub") == ["hub-teacher", "hub-student"]
+    studio = Studio.create(catalog, "hub", "cpu", tmp_path, Hosting(public=True))  # on disk now: served
+    assert studio.models() == ["hub-teacher", "hub-student"]
+    before = len(server.requests)
+    studio.cache.get("hub-student")
+    fetched = [path for method, path, _ in server.requests[before:] if method == "GET" and "/resolve/" in path]
+    assert fetched == []  # what was preloaded loads without a file fetched (from_pretrained still checks revisions)

@@ -86,6 +86,8 @@ class Hosting:
     allow_download: bool = option(False, "public: let a visitor's request download the family's models from the hub "
                                   "(default: off; only models on this server's disk, shipped or preloaded, are "
                                   "served)")
+    preload: bool = option(False, "public: download the family's models at start, before serving (the operator's "
+                           "allowance; visitors' requests still download nothing without --allow-download)")
     download_disk_gb: float = option(40.0, "public, with --allow-download: what the Hugging Face cache may hold "
                                      "(GB); a download past it is refused", above=0)
     max_queued_per_address: int = option(4, "public: requests one client address may have waiting or running at "
