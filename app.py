@@ -8,11 +8,12 @@ import studio  # noqa: F401  (torchvision compatibility before gradio imports tr
 import studio.toy  # noqa: F401  (the toy world plugs in its data source and judge)
 from studio.catalog import load_catalog
 from studio.downloads import preload_family
-from studio.progress import TqdmProgress
 from studio.options import add_arguments, from_args
+from studio.progress import TqdmProgress
 from studio.ui.app import build_app
+from studio.ui.doors import launch_options
 from studio.ui.fairness import queue_app
-from studio.ui.hosting import Hosting, launch_options
+from studio.ui.hosting import Hosting
 
 
 def main() -> None:

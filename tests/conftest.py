@@ -145,8 +145,9 @@ def serve_app(catalog, data_dir, queue_size: int | None = None, hosting=None, fa
     """The app on `family` (local, or as `hosting` says), served on a free port; yields its URL. On exit
     the server closes and any job it left running is killed."""
     from studio.ui.app import build_app
+    from studio.ui.doors import launch_options
     from studio.ui.fairness import queue_app
-    from studio.ui.hosting import Hosting, launch_options
+    from studio.ui.hosting import Hosting
 
     hosting = hosting or Hosting(public=False)
     app = build_app(catalog, family=family, data_dir=data_dir, hosting=hosting)

@@ -2,6 +2,7 @@
 count of open result streams (who is still listening)."""
 
 import json
+import os
 import secrets
 import time
 
@@ -167,3 +168,16 @@ def check_listening(public: bool, request) -> None:
     if public and request is not None and not LISTENERS.listening(request.session_hash, LISTEN_SECONDS):
         raise ValueError(f"request: nobody opened its result stream within {LISTEN_SECONDS:g} s, so it was dropped "
                          "without running; read the result (the GET that follows the POST) or use gradio_client")
+
+
+def launch_options(hosting: Hosting) -> dict:
+    """Keyword arguments for `Blocks.launch`: the upload cap and, in public mode, the visitor cookie and the MCP
+    door."""
+    from starlette.middleware import Middleware
+
+    options = {"max_file_size": f"{hosting.max_upload_mb}mb"}
+    if hosting.public:
+        options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
+                                                Middleware(McpDoor, hosting=hosting),
+                                                Middleware(LISTENERS.middleware)]}
+    return options

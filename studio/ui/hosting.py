@@ -238,18 +238,3 @@ def client_address(request: gr.Request, proxy_hops: int) -> str | None:
             return address
     client = getattr(request, "client", None)
     return forwarded_address(request.headers.get("x-forwarded-for"), getattr(client, "host", None), proxy_hops)
-
-
-def launch_options(hosting: Hosting) -> dict:
-    """Keyword arguments for `Blocks.launch`: the upload cap and, in public mode, the visitor cookie and the MCP
-    door."""
-    from starlette.middleware import Middleware
-
-    from studio.ui.doors import LISTENERS, McpDoor, VisitorCookie
-
-    options = {"max_file_size": f"{hosting.max_upload_mb}mb"}
-    if hosting.public:
-        options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
-                                                Middleware(McpDoor, hosting=hosting),
-                                                Middleware(LISTENERS.middleware)]}
-    return options
