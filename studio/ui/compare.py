@@ -20,9 +20,9 @@ from studio.ui.doors import check_listening
 from studio.ui.fairness import check_request
 from studio.workspaces import Workspace
 
-READOUT_HEADER = ["| model | recipe | total | U-Net calls (cached) | decode | speed-up vs teacher: same recipe; paper | "
-                  "to teacher, same recipe: PSNR; SSIM | U-Net params | G MACs / call (conv+linear; +attn) | loading |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+READOUT_HEADER = ["| model | recipe | seconds: total; decode (decoder) | U-Net calls (cached) | speed-up vs teacher: same "
+                  "recipe; paper | to teacher: PSNR; SSIM | U-Net: M params; G MACs / call (conv+linear; +attn) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
 TIMING_KEYS = ("seconds", "unet_step_seconds", "decode_seconds")
 PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 
@@ -91,12 +91,13 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
     lines = list(READOUT_HEADER)
     for r, (same, paper) in zip(results, speedups(results, teacher)):
         speed = (f"{same:.2f}x" if same else "-") + "; " + (f"{paper:.2f}x" if paper else "-")
-        load = f"{r.load_seconds:.1f} s" if r.load_seconds else "cached"
-        calls = len(r.unet_seconds)
-        lines.append(f"| {r.model} | {r.settings.recipe} | {r.seconds:.3f} s | {calls} ({r.cached_calls}) | "
-                     f"{r.decode_seconds:.3f} s ({r.settings.decoder}) | {speed} | {_to_teacher(r, results, teacher, known)} | "
-                     f"{r.unet_params:,} | "
-                     f"{r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} | {load} |")
+        lines.append(f"| {r.model} | {r.settings.recipe} | {r.seconds:.3f}; {r.decode_seconds:.3f} ({r.settings.decoder}) | "
+                     f"{len(r.unet_seconds)} ({r.cached_calls}) | {speed} | {_to_teacher(r, results, teacher, known)} | "
+                     f"{r.unet_params / 1e6:.2f}; {r.macs_paper / 1e9:.3g}; {r.macs_total / 1e9:.3g} |")
+    loaded = {r.model: r.load_seconds for r in results if r.load_seconds}
+    if loaded:
+        lines.append("\nLoaded for this run (not timed above): " +
+                     ", ".join(f"{model} {seconds:.1f} s" for model, seconds in loaded.items()) + ".")
     for note in dict.fromkeys(r.note for r in results if r.note):
         lines.append(f"\n{note}")
     first = results[0]
@@ -241,7 +242,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         grid = inputs.ChoiceList(list(PRESETS), value=[], label="Grid: recipes across, models down (none ticked: "
                                  "one column with the knobs above)")
         run = gr.Button("Compare", variant="primary")
-        gallery = gr.Gallery(label="Same prompt and seed; each image forms live", columns=4, format="png",
+        gallery = gr.Gallery(interactive=False, label="Same prompt and seed; each image forms live", columns=4, format="png",
                              height=320, object_fit="contain")
         readout = gr.Markdown()
         send = gr.Button("Send the selected image to img2img", size="sm")
@@ -250,7 +251,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
                                   interactive=False, format="png")
             heat = gr.Image(label="Difference from the teacher", type="pil", interactive=False, format="png")
         difference = gr.Markdown("Select a student's image to see it beside its teacher's.")
-        history = gr.Gallery(label="Recent runs (PNGs carry their settings)", columns=8, height=200,
+        history = gr.Gallery(interactive=False, label="Recent runs (PNGs carry their settings)", columns=8, height=200,
                              value=local.history.recent() if local else [], format="png")
         selected = gr.State(None)
 

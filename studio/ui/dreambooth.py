@@ -125,7 +125,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         with gr.Row():
             photos = inputs.File(file_count="multiple", file_types=["image"], type="filepath",
                              label="Photos (JPEG, PNG, WebP; 1-50)")
-            preview = gr.Gallery(label="Preview", columns=5, height=200)
+            preview = gr.Gallery(interactive=False, label="Preview", columns=5, height=200)
         with gr.Row():
             identifier = inputs.Textbox(value="sks", label="Identifier (one rare word)")
             class_phrase = inputs.Textbox(value=family.dreambooth_class, label="Class (what the subject is)")
@@ -145,7 +145,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             sample_steps = inputs.Slider(1, MAX_SAMPLING_STEPS, value=family.steps, step=1, label="Steps")
             guidance = inputs.Slider(0, MAX_GUIDANCE, value=family.guidance, step=0.5, label="Guidance")
         generate = gr.Button("Generate with the personalized models")
-        gallery = gr.Gallery(label="Personalized, side by side", columns=4, format="png", height=300)
+        gallery = gr.Gallery(interactive=False, label="Personalized, side by side", columns=4, format="png", height=300)
         readout = gr.Markdown()
 
     @endpoint("dreambooth_start")

@@ -67,10 +67,18 @@ class EvaluationMonitor(JobMonitor):
 def build(app: gr.Blocks, studio: Studio) -> None:
     models_now = studio.models()
     with gr.Tab("Evaluate") as tab:
-        gr.Markdown("CLIP score, FID, IS, teacher-student fidelity (PSNR, CLIP image similarity) and, where the "
-                    "family has a judge (the toy world), its prompt accuracy, with the paper's protocol (25 PNDM "
-                    "steps, one seed per prompt shared by all models). Runs as a background job; metrics whose "
-                    "weights are not on this machine are left empty, with the reason under the table.")
+        report = studio.family.recipe_report_path
+        if report is not None and report.is_file():  # the shipped results first: what the models do, measured
+            with gr.Accordion("Shipped results: models x recipes, the judge's score per task against U-Net MACs, "
+                              "with the Pareto front (the command that made them is in the table's title)", open=True):
+                if report.with_suffix(".png").is_file():
+                    gr.Image(str(report.with_suffix(".png")), show_label=False, interactive=False, height=360)
+                gr.Markdown(report.read_text())
+        gr.Markdown("### Run an evaluation\nCLIP score, FID, IS, teacher-student fidelity (PSNR, CLIP image "
+                    "similarity) and, where the family has a judge (the toy world), its prompt accuracy, with the "
+                    "paper's protocol (25 PNDM steps, one seed per prompt shared by all models). Runs as a background "
+                    "job; metrics whose weights are not on this machine are left empty, with the reason under the "
+                    "table.")
         with gr.Row():
             models = inputs.ChoiceList(models_now, value=models_now, label="Models")
             prompts = inputs.File(label="Prompt file (metadata.csv or one per line; empty = the family's prompt set)",
@@ -80,13 +88,6 @@ def build(app: gr.Blocks, studio: Studio) -> None:
         message = gr.Markdown()
         monitor = EvaluationMonitor(studio, "evaluate", "Evaluation", "Quality against U-Net latency and MACs",
                                     loss_plot=False)
-        report = studio.family.recipe_report_path
-        if report is not None and report.is_file():
-            with gr.Accordion("Models x recipes: the judge's score per task against U-Net MACs, with the Pareto "
-                              "front (measured; the command that made it is in the table's title)", open=False):
-                gr.Markdown(report.read_text())
-                if report.with_suffix(".png").is_file():
-                    gr.Image(str(report.with_suffix(".png")), show_label=False, interactive=False)
 
     @endpoint("evaluate_start")
     def on_start(chosen, prompts_file, n, request: gr.Request):

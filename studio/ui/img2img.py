@@ -30,7 +30,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
             strength = inputs.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
         controls = generation_controls(studio.family)
         run = gr.Button("Run img2img", variant="primary")
-        gallery = gr.Gallery(label="img2img, side by side", columns=4, format="png", height=320, object_fit="contain")
+        gallery = gr.Gallery(interactive=False, label="img2img, side by side", columns=4, format="png", height=320, object_fit="contain")
         readout = gr.Markdown()
 
     @on_gpu
