@@ -245,3 +245,42 @@ def test_a_grid_of_recipes_on_the_toy_world(catalog, tmp_path):
             driver.save_screenshot(str(shots / "compare-difference.png"))
         assert images_in(driver, "Teacher | selected student (same prompt, seed and recipe)") >= 2
         assert "SSIM" in body(driver)
+
+
+def test_the_first_screen_on_the_toy_world(catalog, tmp_path):
+    """A newcomer's first click, every default as shipped: Compare draws the family's prompt with the four toy models,
+    and the teacher draws it right (the toy judge reads its image). Each tab is photographed
+    (STUDIO_SCREENSHOTS=docs/screenshots writes the README's pictures)."""
+    from selenium.webdriver.common.by import By
+
+    from studio.history import read_settings
+    from studio.toy.judge import judge_images
+    from studio.toy.prompts import parse
+
+    with open_browser(catalog, "toy", tmp_path) as (driver, url, shots, data):
+        wait = open_page(driver, url)
+        click(driver, "button.primary", "Compare")
+        wait.until(lambda d: images_in(d, RECENT) == 4 and images_in(d, GALLERY) == 4)
+        gallery = driver.find_element(By.XPATH, f"//*[normalize-space(text())='{GALLERY}']/ancestor::div[contains("
+                                                "@class,'block')][1]")
+        driver.execute_script("arguments[0].click()", gallery.find_elements(By.TAG_NAME, "img")[3])  # toy-bk-tiny
+        try:
+            wait.until(lambda d: "toy-bk-tiny against toy-teacher" in body(d))
+        finally:
+            driver.save_screenshot(str(shots / "compare.png"))
+        assert "Drop Media Here" not in body(driver)  # an output offers no upload
+        for tab in ("img2img", "Train a student", "DreamBooth", "Evaluate", "Models"):
+            click(driver, "button[role='tab']", tab)
+            wait.until(lambda d: all(label in body(d) for label in TABS[tab]))
+            driver.save_screenshot(str(shots / f"tab-{tab.replace(' ', '-').lower()}.png"))
+            if tab == "Evaluate":  # the shipped results come before the form
+                assert body(driver).index("Shipped results") < body(driver).index("Run an evaluation")
+    prompt = catalog.family("toy").prompt
+    drawn = {read_settings(p)["model"]: p for p in (data / "history").rglob("*.png")}
+    assert set(drawn) == {"toy-teacher", "toy-bk-base", "toy-bk-small", "toy-bk-tiny"}
+    from PIL import Image
+
+    verdicts = {model: judge_images([parse(prompt)], [Image.open(path).convert("RGB")])["overall"]
+                for model, path in drawn.items()}
+    print(f"the first screen, {prompt!r}: the judge's verdict per model {verdicts}")
+    assert verdicts["toy-teacher"] == 1.0, verdicts
