@@ -20,9 +20,11 @@ from studio.ui.doors import check_listening
 from studio.ui.fairness import check_request
 from studio.workspaces import Workspace
 
-READOUT_HEADER = ["| model | recipe | seconds: total; decode (decoder) | U-Net calls (cached) | speed-up vs teacher: same "
-                  "recipe; paper | to teacher: PSNR; SSIM | U-Net: M params; G MACs / call (conv+linear; +attn) |",
+READOUT_HEADER = ["| model | recipe | s: total; decode | U-Net calls (cached) | speed-up: same recipe; paper | "
+                  "to teacher: PSNR; SSIM | U-Net: M params; G MACs/call (+attn) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+# The readout's model and recipe columns keep their names whole (the page passes this to launch).
+READOUT_CSS = ".readout th:nth-child(-n+2), .readout td:nth-child(-n+2) { white-space: nowrap; }"
 TIMING_KEYS = ("seconds", "unet_step_seconds", "decode_seconds")
 PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 
@@ -111,7 +113,9 @@ def readout_table(results: list[Result], teacher: str | None, device: str = "cpu
     if teacher is None or not any(r.model == teacher and r.settings.recipe == "paper" for r in results):
         lines.append("\nSpeed-up against the teacher with `paper`: run the teacher with the `paper` recipe too "
                      "(tick `paper` under Grid).")
-    lines.append(f"\n{first.resolution}x{first.resolution}, seed {first.settings.seed}, on {device}. Timings exclude "
+    lines.append(f"\n{first.resolution}x{first.resolution}, seed {first.settings.seed}, on {device}. s: seconds; decode "
+                 "names its decoder. MACs: conv + linear (the paper's convention), then with attention products. "
+                 "Timings exclude "
                  "loading (models are warmed up first); the device is synchronized around every U-Net call and the "
                  "decode. Total: text encoding, every U-Net call, decoding. MACs: one full U-Net call at batch 1.")
     return "\n".join(lines)
@@ -244,7 +248,7 @@ def build(app: gr.Blocks, studio: Studio) -> dict:
         run = gr.Button("Compare", variant="primary")
         gallery = gr.Gallery(interactive=False, label="Same prompt and seed; each image forms live", columns=4, format="png",
                              height=320, object_fit="contain")
-        readout = gr.Markdown()
+        readout = gr.Markdown(elem_classes=["readout"])
         send = gr.Button("Send the selected image to img2img", size="sm")
         with gr.Row():
             wipe = gr.ImageSlider(label="Teacher | selected student (same prompt, seed and recipe)", type="filepath",

@@ -171,11 +171,13 @@ def check_listening(public: bool, request) -> None:
 
 
 def launch_options(hosting: Hosting) -> dict:
-    """Keyword arguments for `Blocks.launch`: the upload cap and, in public mode, the visitor cookie and the MCP
-    door."""
+    """Keyword arguments for `Blocks.launch`: the upload cap, the page's CSS and, in public mode, the visitor cookie
+    and the MCP door."""
     from starlette.middleware import Middleware
 
-    options = {"max_file_size": f"{hosting.max_upload_mb}mb"}
+    from studio.ui.compare import READOUT_CSS
+
+    options = {"max_file_size": f"{hosting.max_upload_mb}mb", "css": READOUT_CSS}
     if hosting.public:
         options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
                                                 Middleware(McpDoor, hosting=hosting),

@@ -31,7 +31,7 @@ def build(app: gr.Blocks, studio: Studio, compare: dict) -> None:
         controls = generation_controls(studio.family)
         run = gr.Button("Run img2img", variant="primary")
         gallery = gr.Gallery(interactive=False, label="img2img, side by side", columns=4, format="png", height=320, object_fit="contain")
-        readout = gr.Markdown()
+        readout = gr.Markdown(elem_classes=["readout"])
 
     @on_gpu
     @endpoint("img2img", GENERATION_ARGS)
