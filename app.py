@@ -6,8 +6,8 @@ from dataclasses import fields
 
 import studio  # noqa: F401  (torchvision compatibility before gradio imports transformers)
 import studio.toy  # noqa: F401  (the toy world plugs in its data source and judge)
-from studio.catalog import load_catalog
-from studio.downloads import preload_family
+from studio.models.catalog import load_catalog
+from studio.models.downloads import preload_family
 from studio.options import add_arguments, from_args
 from studio.progress import TqdmProgress
 from studio.ui.app import build_app

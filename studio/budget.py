@@ -3,9 +3,9 @@
 A `JobLimits` travels with a job folder's manager (studio/jobs.py). The defaults
 are a local, single-user studio's: no caps beyond the configs' own ranges, no
 running-job quota, only the safety limits on uploads and the free-disk check.
-A public host sets the rest (studio/workspaces.py).
+A public host sets the rest (studio/ui/workspaces.py).
 
-Each job kind estimates what it writes (its `estimate_bytes`, studio/kinds.py), an
+Each job kind estimates what it writes (its `estimate_bytes`, studio/kinds/base.py), an
 upper bound from the configs alone (models counted on the meta device, nothing
 loaded), with the sizes defined here; `check_disk` weighs it against the disk.
 """
@@ -51,7 +51,7 @@ class JobLimits:
 
 def check_caps(limits: JobLimits, config, caps: dict[str, str]) -> None:
     """Refuse a config whose size fields go beyond this host's caps, naming the field. `caps` maps a config field
-    to the JobLimits attribute that caps it (each job kind says which, studio/kinds.py)."""
+    to the JobLimits attribute that caps it (each job kind says which, studio/kinds/base.py)."""
     for f in fields(config):
         cap = getattr(limits, caps[f.name]) if f.name in caps else None
         value = getattr(config, f.name)

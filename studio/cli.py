@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from studio.catalog import CatalogError, UnknownModelError, load_catalog
-from studio.commands import KINDS
-from studio.bench_cli import add_bench_commands
+from studio.bench.cli import add_bench_commands
 from studio.jobs.cli import add_jobs_commands
+from studio.kinds.registry import KINDS
+from studio.models.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.options import add_arguments, from_args
 from studio.progress import TqdmProgress
 
@@ -43,8 +43,8 @@ def cmd_models(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from studio.compression import build_student, resolve_spec
-    from studio.loading import load_unet
+    from studio.models.compression import build_student, resolve_spec
+    from studio.models.loading import load_unet
 
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
@@ -63,7 +63,7 @@ def cmd_compress(args) -> None:
 
 
 def cmd_profile(args) -> None:
-    from studio.profiling import profile_students
+    from studio.models.profiling import profile_students
 
     report = profile_students(args.teacher, tuple(args.arch), args.resolution, args.batch)
     if args.json:
@@ -85,7 +85,7 @@ def cmd_profile(args) -> None:
 
 
 def cmd_gpu_check(args) -> None:
-    from studio.gpu_check import format_table, gpu_check
+    from studio.bench.gpu_check import format_table, gpu_check
 
     rows = gpu_check(args.device, args.family, job_steps=args.job_steps, bench_512=not args.skip_512)
     print(format_table(rows, args.device))
@@ -164,8 +164,8 @@ def cmd_toy_vae_decoder(args) -> None:
 
 
 def cmd_toy_recipes(args) -> None:
-    from studio.recipes import PRESETS
-    from studio.toy.recipes import TOY_MODELS, recipe_rows, write_report
+    from studio.inference.recipes import PRESETS
+    from studio.toy.report import TOY_MODELS, recipe_rows, write_report
 
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
     groups = [(tuple(args.models or TOY_MODELS), tuple(args.recipes or PRESETS))]
@@ -199,7 +199,7 @@ def cmd_toy_ablation(args) -> None:
 
 
 def cmd_adapter_coverage(args) -> None:
-    from studio.adapters import adapter_coverage
+    from studio.models.adapters import adapter_coverage
 
     rows = adapter_coverage(args.teacher, tuple(args.arch), args.adapter or None)
     print(f"{'model':10} {'adapter modules':>16} {'mapped':>7} {'dropped':>8} {'misplaced by name':>18}  "
@@ -212,7 +212,7 @@ def cmd_adapter_coverage(args) -> None:
 
 
 def cmd_sensitivity(args) -> None:
-    from studio.sensitivity import block_sensitivity, write_map
+    from studio.kinds.evaluation.sensitivity import block_sensitivity, write_map
 
     result = block_sensitivity(args.teacher, args.n, args.seed, clip_model=args.clip_model,
                                clip_pretrained=args.clip_pretrained or None)
@@ -373,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_error_types() -> tuple[type, ...]:
     """The errors a command reports in one line (exit 2): bad input, a model that can't be had, a stopped run."""
-    from studio.loading import ModelUnavailableError
-    from studio.training import TrainingError
+    from studio.kinds.training import TrainingError
+    from studio.models.loading import ModelUnavailableError
 
     return (*USER_ERRORS, ModelUnavailableError, TrainingError)
 

@@ -90,8 +90,8 @@ def tiny_catalog(tmp_path_factory, tiny_pipeline_dir):
     """The packaged catalogue plus a tiny teacher ("tiny-teacher") and its Small student ("tiny-small")."""
     from diffusers import UNet2DConditionModel
 
-    from studio.catalog import load_catalog
-    from studio.compression import build_student
+    from studio.models.catalog import load_catalog
+    from studio.models.compression import build_student
 
     folder = tmp_path_factory.mktemp("tiny-catalog")
     teacher_unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
@@ -109,8 +109,8 @@ def tiny_catalog(tmp_path_factory, tiny_pipeline_dir):
 
 @pytest.fixture(scope="session")
 def catalog():
-    """The packaged catalogue (studio/models.json)."""
-    from studio.catalog import load_catalog
+    """The packaged catalogue (studio/models/models.json)."""
+    from studio.models.catalog import load_catalog
 
     return load_catalog()
 

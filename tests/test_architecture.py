@@ -1,5 +1,10 @@
-"""Dependencies flow one way: ui -> jobs/commands -> trainers, evaluation -> generation, loading -> compression,
-profiling, catalog. The toy world is a client of the library: only cli.py and studio/toy/ import it."""
+"""The folders are the layers, and dependencies flow one way, down them:
+
+    cli -> ui -> bench -> jobs -> kinds -> inference -> models -> the ground (options, progress, limits, images,
+    budget, compat)
+
+The toy world is a client of the library: only the command line, app.py and studio/toy/ import it. A job kind's
+package imports no other kind's. No file imports itself back through others (no circle)."""
 
 import ast
 from pathlib import Path
@@ -7,41 +12,20 @@ from pathlib import Path
 import pytest
 
 STUDIO = Path(__file__).resolve().parent.parent / "studio"
-# What each part of the library may not import (beyond itself), as dotted prefixes.
-TRAINERS = ("studio.distillation", "studio.consistency", "studio.personalization", "studio.evaluation")
-ABOVE_TRAINERS = ("studio.jobs", "studio.commands", "studio.ui", "studio.cli", "studio.toy")
-FORBIDDEN = {
-    "studio.catalog": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation", "studio.training"),
-    "studio.compression": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation"),
-    "studio.profiling": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation"),
-    "studio.loading": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
-    "studio.acceleration": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation", "studio.recipes"),
-    "studio.generation": TRAINERS + ABOVE_TRAINERS + ("studio.recipes", "studio.pipeline_bench"),
-    "studio.adapters": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
-    "studio.recipes": TRAINERS + ABOVE_TRAINERS + ("studio.pipeline_bench",),
-    "studio.pipeline_bench": TRAINERS + ABOVE_TRAINERS,
-    "studio.training": TRAINERS + ABOVE_TRAINERS,
-    "studio.images": TRAINERS + ABOVE_TRAINERS,
-    "studio.options": TRAINERS + ABOVE_TRAINERS,
-    "studio.progress": TRAINERS + ABOVE_TRAINERS,
-    "studio.safety": TRAINERS + ABOVE_TRAINERS + ("studio.generation",),
-    "studio.downloads": TRAINERS + ABOVE_TRAINERS + ("studio.generation", "studio.pipelines"),
-    "studio.pipelines": TRAINERS + ABOVE_TRAINERS + ("studio.recipes", "studio.pipeline_bench", "studio.generation"),
-    "studio.cpu": TRAINERS + ABOVE_TRAINERS + ("studio.loading", "studio.generation"),
-    "studio.distillation": ABOVE_TRAINERS + ("studio.consistency", "studio.personalization", "studio.evaluation"),
-    # consistency distillation reads the KD job's data sources (studio.distillation.data), and nothing else of it
-    "studio.consistency": ABOVE_TRAINERS + ("studio.personalization", "studio.evaluation"),
-    "studio.personalization": ABOVE_TRAINERS + ("studio.distillation", "studio.consistency", "studio.evaluation"),
-    "studio.evaluation": ABOVE_TRAINERS + ("studio.distillation", "studio.consistency", "studio.personalization"),
-    "studio.sensitivity": ABOVE_TRAINERS + ("studio.distillation", "studio.personalization"),
-    "studio.jobs": ("studio.ui", "studio.cli", "studio.toy"),
-    "studio.commands": ("studio.ui", "studio.cli", "studio.jobs", "studio.toy"),
-    "studio.budget": ("studio.ui", "studio.cli", "studio.jobs", "studio.workspaces", "studio.toy"),
-    "studio.workspaces": ("studio.ui", "studio.cli", "studio.toy"),
-    "studio.contention": ("studio.ui", "studio.cli", "studio.toy"),
-    "studio.ui": ("studio.cli", "studio.toy"),
-    "studio.toy": ("studio.ui", "studio.cli", "studio.jobs"),
-}
+# Bottom to top; a module may import its own layer and those below it.
+LAYERS = [
+    ("studio.options", "studio.progress", "studio.limits", "studio.images", "studio.budget", "studio.compat"),
+    ("studio.models",),
+    ("studio.inference",),
+    ("studio.kinds",),
+    ("studio.jobs",),
+    ("studio.bench",),
+    ("studio.ui",),
+    ("studio.toy",),
+    ("studio.cli", "studio.__main__"),
+]
+KIND_PACKAGES = ("studio.kinds.distillation", "studio.kinds.consistency", "studio.kinds.personalization",
+                 "studio.kinds.evaluation")
 
 
 def module_name(path: Path) -> str:
@@ -61,29 +45,76 @@ def imports(path: Path) -> set[str]:
     return {name for name in found if name == "studio" or name.startswith("studio.")}
 
 
+def under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layer(name: str) -> int | None:
+    return next((i for i, prefixes in enumerate(LAYERS) for p in prefixes if under(name, p)), None)
+
+
 FILES = sorted(STUDIO.rglob("*.py"))
+MODULES = {module_name(p): p for p in FILES}
 
 
-def test_the_scan_sees_imports():
-    assert "studio.toy" in imports(STUDIO / "cli.py")  # the rule below would pass vacuously otherwise
-    assert {"studio.training", "studio.generation"} <= imports(STUDIO / "distillation" / "train.py")
+def test_the_scan_sees_imports_and_every_module_has_a_layer():
+    assert "studio.toy" in imports(STUDIO / "cli.py")  # the rules below would pass vacuously otherwise
+    assert {"studio.kinds.training", "studio.inference.generation"} <= \
+        imports(STUDIO / "kinds" / "distillation" / "train.py")
+    assert not [m for m in MODULES if m != "studio" and layer(m) is None]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(STUDIO)))
+def test_dependencies_flow_down_the_layers(path):
+    name = module_name(path)
+    if name == "studio":
+        return
+    mine = layer(name)
+    upward = [i for i in imports(path) if i != "studio" and (layer(i) or 0) > mine]
+    assert not upward, f"{name} (layer {mine}) imports {sorted(upward)} from above"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(STUDIO)))
 def test_only_the_command_line_and_the_toy_world_import_the_toy_world(path):
     name = module_name(path)
-    if name == "studio.cli" or name.startswith("studio.toy"):
+    if under(name, "studio.cli") or under(name, "studio.toy"):
         return
-    assert not [i for i in imports(path) if i == "studio.toy" or i.startswith("studio.toy.")], name
+    assert not [i for i in imports(path) if under(i, "studio.toy")], name
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(STUDIO)))
-def test_dependencies_flow_one_way(path):
-    name = module_name(path)
-    rules = [forbidden for prefix, forbidden in FORBIDDEN.items() if name == prefix or name.startswith(prefix + ".")]
-    bad = [i for i in imports(path) for forbidden in rules for f in forbidden
-           if (i == f or i.startswith(f + ".")) and not (name == f or name.startswith(f + "."))]
-    assert not bad, f"{name} imports {sorted(set(bad))}"
+def test_a_kind_imports_no_other_kind():
+    crossing = {name: sorted(i for i in imports(path) for other in KIND_PACKAGES
+                             if under(i, other) and not under(name, other))
+                for name, path in MODULES.items() if any(under(name, k) for k in KIND_PACKAGES)}
+    assert not {name: found for name, found in crossing.items() if found}
+
+
+def test_no_circles():
+    """Files that import each other, directly or round a loop (imports inside functions count)."""
+    graph = {name: {m for m in MODULES if m != name and m in imports(path)} for name, path in MODULES.items()}
+    graph = {name: {m for m in targets if not (name.startswith(m + ".") and m in MODULES
+                                                and MODULES[m].name == "__init__.py")}
+             for name, targets in graph.items()}  # a module's own package face is not a loop
+    state, circles = {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                circles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert not circles, circles
+
+
+def test_the_top_of_the_library_stays_small():
+    top = [p.stem for p in STUDIO.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    assert len(top) <= 10, sorted(top)
 
 
 def test_files_stay_readable():

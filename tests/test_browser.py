@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import serve_app
-from studio.cpu import machine_threads
+from studio.jobs.cpu import machine_threads
 from studio.ui.hosting import Hosting
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,7 +59,7 @@ def open_browser(catalog, family, tmp_path, hosting=None):
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    # The browser gets a core of its own: the app's CPU budget is the rest (studio/cpu.py).
+    # The browser gets a core of its own: the app's CPU budget is the rest (studio/jobs/cpu.py).
     hosting = replace(hosting or Hosting(public=False), threads=max(1, machine_threads() - 1))
     try:
         with serve_app(catalog, tmp_path / "data", hosting=hosting, family=family) as url:
@@ -253,7 +253,7 @@ def test_the_first_screen_on_the_toy_world(catalog, tmp_path):
     (STUDIO_SCREENSHOTS=docs/screenshots writes the README's pictures)."""
     from selenium.webdriver.common.by import By
 
-    from studio.history import read_settings
+    from studio.inference.history import read_settings
     from studio.toy.judge import judge_images
     from studio.toy.prompts import parse
 

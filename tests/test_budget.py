@@ -13,12 +13,12 @@ from conftest import stop_jobs
 from PIL import Image
 
 from studio.budget import JobLimits, QuotaError, check_disk, folder_bytes
-from studio.catalog import load_catalog
-from studio.commands import KINDS
-from studio.distillation.config import DistillConfig
+from studio.models.catalog import load_catalog
+from studio.kinds.registry import KINDS
+from studio.kinds.distillation.config import DistillConfig
 from studio.jobs import JobError, JobManager, extract_dataset_zip, write_json
 from studio.ui.train import train_start
-from studio.workspaces import Workspaces, visitor_key
+from studio.ui.workspaces import Workspaces, visitor_key
 
 LONG = 100_000  # steps: a job that runs until it is stopped
 

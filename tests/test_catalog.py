@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from studio.catalog import CatalogError, UnknownModelError, load_catalog, read_configs
+from studio.models.catalog import CatalogError, UnknownModelError, load_catalog, read_configs
 
 REQUIRED = {
     "sd-v1.4": ("teacher", "v1", "CompVis/stable-diffusion-v1-4"),

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.evaluation.metrics import psnr
-from studio.generation import SCHEDULERS, PipelineCache, Settings, compare
-from studio.history import read_settings
+from studio.kinds.evaluation.metrics import psnr
+from studio.inference.generation import SCHEDULERS, PipelineCache, Settings, compare
+from studio.inference.history import read_settings
 from studio.toy.data import make_example
 from studio.toy.judge import read_scene
 from studio.ui.common import Studio
@@ -99,7 +99,7 @@ def test_compare_bad_input_is_refused_before_any_image(tiny_catalog, tmp_path):
 
 
 def test_a_model_that_cannot_be_loaded_stops_compare_before_generation(tiny_catalog, tmp_path):
-    from studio.loading import ModelUnavailableError
+    from studio.models.loading import ModelUnavailableError
 
     broken = tiny_catalog.with_entries([type(tiny_catalog.get("tiny-small"))(
         name="tiny-missing", source=str(tmp_path / "nowhere"), role="student", family="tiny",
@@ -147,7 +147,7 @@ def source_caption(index: int) -> str:
 
 
 def test_the_model_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(tiny_catalog):
-    from studio.pipelines import ModelMemoryError, PipelineCache
+    from studio.inference.pipeline_cache import ModelMemoryError, PipelineCache
 
     probe = PipelineCache(tiny_catalog)
     probe.get("tiny-teacher")

@@ -7,9 +7,9 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from conftest import TINY_UNET
-from studio.catalog import read_configs
-from studio.compression import CompressionError, StudentSpec, build_student, plan_student, student_config
-from studio.profiling import count_params, meta_unet
+from studio.models.catalog import read_configs
+from studio.models.compression import CompressionError, StudentSpec, build_student, plan_student, student_config
+from studio.models.profiling import count_params, meta_unet
 
 PUBLISHED = Path(__file__).parent / "data" / "published_unet_configs"
 

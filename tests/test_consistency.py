@@ -11,16 +11,16 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
-from studio.consistency.config import ConsistencyConfig
-from studio.consistency.objective import SkippingSolver, boundary_scalings, guidance_embedding
-from studio.consistency.train import consistency_distill, with_guidance_embedding
-from studio.loading import load_lora, load_pipeline, share_components
+from studio.kinds.consistency.config import ConsistencyConfig
+from studio.kinds.consistency.objective import SkippingSolver, boundary_scalings, guidance_embedding
+from studio.kinds.consistency.train import consistency_distill, with_guidance_embedding
+from studio.models.loading import load_lora, load_pipeline, share_components
 
 
 @pytest.fixture(scope="module")
 def small_student(tiny_pipeline_dir, tmp_path_factory):
     """A Small student of the tiny teacher, as a pipeline-layout folder holding its U-Net."""
-    from studio.compression import build_student
+    from studio.models.compression import build_student
 
     folder = tmp_path_factory.mktemp("tiny-small")
     teacher = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
@@ -144,9 +144,9 @@ def test_bad_options_are_named(tiny_pipeline_dir, small_student, tmp_path):
 
 
 def test_a_consistency_job_runs_in_the_background_and_its_student_samples_with_lcm(tiny_catalog, tmp_path):
-    from studio.generation import PipelineCache, Settings, compare
+    from studio.inference.generation import PipelineCache, Settings, compare
     from studio.jobs import JobManager
-    from studio.recipes import PRESETS
+    from studio.inference.recipes import PRESETS
     from studio.ui.common import Studio, job_view
     from studio.ui.consistency import consistency_start
 
@@ -178,8 +178,8 @@ def test_a_teacher_adapter_maps_onto_its_students_by_the_block_removal_plan(tiny
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from studio.compression import build_student, plan_student
-    from studio.adapters import apply_adapter, map_adapter, unet_adapter
+    from studio.models.compression import build_student, plan_student
+    from studio.models.adapters import apply_adapter, map_adapter, unet_adapter
 
     teacher = load_pipeline(str(tiny_pipeline_dir))
     torch.manual_seed(0)
@@ -221,9 +221,9 @@ def test_lcm_sampling_of_an_undistilled_student_uses_the_familys_adapter_and_say
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from studio.catalog import Catalog
-    from studio.generation import PipelineCache, Settings, compare
-    from studio.recipes import PRESETS
+    from studio.models.catalog import Catalog
+    from studio.inference.generation import PipelineCache, Settings, compare
+    from studio.inference.recipes import PRESETS
 
     settings = replace(PRESETS["lcm"].apply(Settings(prompt="a red circle"), 2.0), decoder="vae")
     plain = compare(PipelineCache(tiny_catalog), ["tiny-small"], settings)[0]

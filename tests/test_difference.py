@@ -5,9 +5,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from studio.evaluation.difference import difference_map, fidelity
-from studio.history import History
-from studio.toy.data import Scene, Thing, render
+from studio.kinds.evaluation.difference import difference_map, fidelity
+from studio.inference.history import History
+from studio.toy.scenes import Scene, Thing, render
 from studio.ui.compare import difference_view
 
 

@@ -13,14 +13,14 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from conftest import TINY_UNET
-from studio.catalog import read_configs
+from studio.models.catalog import read_configs
 from studio.cli import main
-from studio.compression import build_student, plan_student
-from studio.distillation.data import DataError, ImageFolderData
-from studio.distillation.config import DistillConfig, KDWeights
-from studio.distillation.objective import capture_outputs, feature_pairs, kd_loss
-from studio.distillation.train import distill
-from studio.training import TrainingError
+from studio.models.compression import build_student, plan_student
+from studio.kinds.data import DataError, ImageFolderData
+from studio.kinds.distillation.config import DistillConfig, KDWeights
+from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
+from studio.kinds.distillation.train import distill
+from studio.kinds.training import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,7 +168,7 @@ def test_a_run_killed_mid_training_resumes(tiny_pipeline_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_pipeline_dir, tmp_path, monkeypatch):
-    import studio.distillation.train as train
+    import studio.kinds.distillation.train as train
 
     real = train.kd_loss
     calls = {"n": 0}

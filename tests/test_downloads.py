@@ -11,10 +11,10 @@ import huggingface_hub
 import pytest
 from hub_server import HubServer
 
-from studio.catalog import load_catalog
-from studio.downloads import PIPELINE_FILES, DownloadError, ensure_downloaded, fetch
-from studio.loading import ModelUnavailableError
-from studio.pipelines import PipelineCache
+from studio.models.catalog import load_catalog
+from studio.models.downloads import PIPELINE_FILES, DownloadError, ensure_downloaded, fetch
+from studio.models.loading import ModelUnavailableError
+from studio.inference.pipeline_cache import PipelineCache
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -121,7 +121,7 @@ def test_a_public_studio_downloads_nothing_a_visitor_asks_for(hub, tmp_path):
 
 
 def test_the_operator_preloads_a_family_and_the_public_studio_serves_it(hub, tmp_path):
-    from studio.downloads import preload_family
+    from studio.models.downloads import preload_family
     from studio.ui.common import Studio
     from studio.ui.hosting import Hosting
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.evaluation.metrics import ClipScorer, MetricUnavailable, fid_and_is, inception_from_safetensors
-from studio.evaluation.prompts import read_prompts
+from studio.kinds.evaluation.metrics import ClipScorer, MetricUnavailable, fid_and_is, inception_from_safetensors
+from studio.kinds.evaluation.prompts import read_prompts
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -36,9 +36,9 @@ def test_the_toy_prompt_set_is_the_judge_prompt_set(catalog):
 
 def test_evaluate_and_the_toy_judge_see_the_same_images(catalog, tmp_path):
     """Image i of a model is seeded the same way by `evaluate` and by the toy world's prompt set."""
-    from studio.evaluation.config import EvalConfig
-    from studio.evaluation.protocol import evaluate
-    from studio.loading import load_pipeline
+    from studio.kinds.evaluation.config import EvalConfig
+    from studio.kinds.evaluation.protocol import evaluate
+    from studio.models.loading import load_pipeline
     from studio.toy.evaluate import prompt_set_images
 
     evaluate(EvalConfig(models=["toy-bk-tiny"], out=str(tmp_path / "eval"), n=3, seed=4), catalog)
@@ -118,7 +118,7 @@ def test_fid_and_is_plumbing(random_inception_weights):
     assert abs(same) < 1e-3 and different > same
     # IS = exp(E_x[KL(p(y|x) || p(y))]) over the extractor's unbiased logits, computed here by hand (one split, so
     # torchmetrics' shuffling does not matter); copies of one image share p(y|x), so theirs is exactly 1
-    from studio.evaluation.metrics import _uint8_batch
+    from studio.kinds.evaluation.metrics import _uint8_batch
 
     logits = inception_from_safetensors(random_inception_weights, ("logits_unbiased",))(_uint8_batch(a))[0]
     p = torch.softmax(logits.double(), dim=1)
@@ -134,8 +134,8 @@ def test_fid_and_is_plumbing(random_inception_weights):
 def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_weights, random_inception_weights):
     import csv
 
-    from studio.evaluation.config import EvalConfig
-    from studio.evaluation.protocol import COLUMNS, evaluate
+    from studio.kinds.evaluation.config import EvalConfig
+    from studio.kinds.evaluation.protocol import COLUMNS, evaluate
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\na bird\n")
@@ -170,9 +170,9 @@ def test_protocol_writes_results_and_resumes(tiny_catalog, tmp_path, tiny_clip_w
 
 @pytest.mark.slow
 def test_toy_models_use_the_toy_defaults_and_the_judge(tmp_path):
-    from studio.catalog import packaged_family
-    from studio.evaluation.config import EvalConfig
-    from studio.evaluation.protocol import evaluate
+    from studio.models.catalog import packaged_family
+    from studio.kinds.evaluation.config import EvalConfig
+    from studio.kinds.evaluation.protocol import evaluate
 
     config = EvalConfig(models=["toy-teacher"], out=str(tmp_path / "eval"), n=6)  # no CLIP weights here
     rows = evaluate(config)

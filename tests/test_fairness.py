@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 
 from studio.budget import size_text
-from studio.catalog import read_configs
-from studio.generation import Settings
+from studio.models.catalog import read_configs
+from studio.inference.generation import Settings
 from studio.images import ImageTooLarge, open_image
-from studio.personalization.photos import PhotoError, PhotoLimits, check_photos
-from studio.profiling import input_geometry
-from studio.recipes import PRESETS
+from studio.kinds.personalization.photos import PhotoError, PhotoLimits, check_photos
+from studio.models.profiling import input_geometry
+from studio.inference.recipes import PRESETS
 from studio.ui.fairness import check_request, request_cost
 from studio.ui.hosting import Hosting, without_paths
 

@@ -4,7 +4,7 @@ CPU with the tiny family, so that the script works when a GPU comes."""
 import pytest
 import torch
 
-from studio.gpu_check import format_table, gpu_check
+from studio.bench.gpu_check import format_table, gpu_check
 
 
 @pytest.mark.slow

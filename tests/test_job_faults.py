@@ -11,7 +11,7 @@ import pytest
 from conftest import stop_jobs
 
 from studio.jobs import JobError, JobManager, group_alive, write_json
-from studio.training import latest_checkpoint, save_checkpoint
+from studio.kinds.training import latest_checkpoint, save_checkpoint
 from studio.ui.common import job_rows
 from studio.ui.train import train_start
 

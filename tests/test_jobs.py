@@ -6,7 +6,7 @@ import zipfile
 import pytest
 import torch
 
-from studio.cpu import CpuBudget
+from studio.jobs.cpu import CpuBudget
 from studio.jobs import JobError, JobManager, extract_dataset_zip
 from studio.ui.common import Studio, job_rows, job_view
 from studio.ui.train import train_start
@@ -79,7 +79,7 @@ def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_c
     assert {c["term"] for c in curves} == {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"}
     assert "finished" in status and f"job-{job_id}" in status
     card = json.loads((jobs.run_folder(job_id) / "card.json").read_text())
-    assert card["threads"] == 1  # its share of a 2-thread budget (studio/cpu.py), not every core
+    assert card["threads"] == 1  # its share of a 2-thread budget (studio/jobs/cpu.py), not every core
     # A fresh manager (an app restart) reads the same state from disk.
     assert JobManager(tmp_path / "jobs").status(job_id).state == "finished"
     catalog = Studio.create(tiny_catalog, "tiny", "cpu", tmp_path).current_catalog()
@@ -154,7 +154,7 @@ def test_dreambooth_and_evaluation_jobs_run_in_the_background(tiny_catalog, tmp_
 def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
     from PIL import Image
 
-    from studio.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
+    from studio.kinds.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -167,8 +167,8 @@ def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
 
     keys = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
-    from studio.loading import load_pipeline
-    from studio.training import tokenize
+    from studio.models.loading import load_pipeline
+    from studio.kinds.training import tokenize
 
     base, tuned = load_pipeline(str(tiny_pipeline_dir)), load_personalized(str(tiny_pipeline_dir), out)
     ids = tokenize(base.tokenizer, ["a sks cat"])
@@ -178,7 +178,7 @@ def test_text_encoder_lora_is_saved_and_loaded(tiny_pipeline_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_contention_bench_measures_both_settings_in_one_run(tiny_catalog):
-    from studio.contention import bench_contention, format_report
+    from studio.bench.contention import bench_contention, format_report
 
     report = bench_contention(["tiny-teacher", "tiny-small"], "paper", threads=2, arch="small", batch_size=2,
                               repeats=1, window=2.0, log=lambda message: None, catalog=tiny_catalog)

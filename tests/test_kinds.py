@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 
 from studio.budget import JobLimits, QuotaError, check_caps
-from studio.commands import KINDS, config_from_json
-from studio.distillation.config import DistillConfig
-from studio.evaluation.config import EvalConfig
+from studio.kinds.registry import KINDS, config_from_json
+from studio.kinds.distillation.config import DistillConfig
+from studio.kinds.evaluation.config import EvalConfig
 from studio.jobs import JobManager
-from studio.kinds import RESULTS
+from studio.kinds.base import RESULTS
 from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS, SCHEDULER_NAMES
 from studio.options import to_argv
-from studio.personalization.config import DreamBoothConfig
+from studio.kinds.personalization.config import DreamBoothConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIO = ROOT / "studio"
 # The modules that must work for any kind, so name none (the tabs of one kind may).
-KIND_BLIND = ["commands.py", "budget.py", "cli.py", "kinds.py", "ui/common.py", "ui/app.py", *[
+KIND_BLIND = ["kinds/registry.py", "budget.py", "cli.py", "kinds/base.py", "ui/common.py", "ui/app.py", *[
     str(p.relative_to(STUDIO)) for p in (STUDIO / "jobs").glob("*.py")]]
 
 
@@ -48,7 +48,7 @@ def test_the_generic_modules_name_no_kind(module):
 
 
 def test_sampling_limits_are_generations_everywhere():
-    from studio.generation import SCHEDULERS
+    from studio.inference.generation import SCHEDULERS
 
     assert tuple(SCHEDULERS) == SCHEDULER_NAMES
     assert next(f for f in fields(EvalConfig) if f.name == "scheduler").metadata["choices"] == SCHEDULER_NAMES

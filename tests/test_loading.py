@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from studio.catalog import load_catalog
-from studio.compression import build_student
-from studio.loading import ModelUnavailableError, load_pipeline, load_unet
+from studio.models.catalog import load_catalog
+from studio.models.compression import build_student
+from studio.models.loading import ModelUnavailableError, load_pipeline, load_unet
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from studio.jobs import JobManager
-from studio.personalization.config import DreamBoothConfig
-from studio.personalization.dreambooth import dreambooth, load_personalized
-from studio.personalization.photos import PhotoError, PhotoLimits, check_photos, import_photos
+from studio.kinds.personalization.config import DreamBoothConfig
+from studio.kinds.personalization.dreambooth import dreambooth, load_personalized
+from studio.kinds.personalization.photos import PhotoError, PhotoLimits, check_photos, import_photos
 from studio.ui.dreambooth import dreambooth_start, prompts
 
 

@@ -5,7 +5,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TINY_UNET
-from studio.profiling import count_unet_macs, meta_unet, profile_students
+from studio.models.profiling import count_unet_macs, meta_unet, profile_students
 
 # BK-SDM paper, Table: G MACs per U-Net step at 512x512, batch 1, conv + linear only.
 PAPER_GMACS = {"teacher": 338.7, "base": 223.8, "small": 217.7, "tiny": 205.0}

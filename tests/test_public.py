@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError
 
 from studio.jobs import write_json
 from studio.ui.hosting import COOKIE, Hosting
-from studio.workspaces import VISITORS, visitor_key
+from studio.ui.workspaces import VISITORS, visitor_key
 
 pytestmark = pytest.mark.slow
 TOKEN_A, TOKEN_B = "a" * 24, "b" * 24

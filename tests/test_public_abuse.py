@@ -19,7 +19,7 @@ from test_public import COMPARE, TOKEN_A, TOKEN_B, TRAIN, visitor
 from studio.budget import folder_bytes
 from studio.ui.doors import LISTEN_SECONDS
 from studio.ui.hosting import Hosting
-from studio.workspaces import VISITORS, visitor_key
+from studio.ui.workspaces import VISITORS, visitor_key
 
 pytestmark = pytest.mark.slow
 IMG2IMG = [0.5, "a cat", "", 1, 2, 2.0, "DDIM", 0]  # strength, prompt, negative, seed, steps, guidance, scheduler, res
@@ -157,7 +157,7 @@ def test_looking_around_leaves_no_folders(hostile_app):
 
 def test_many_visitors_do_not_slow_a_job_start(tiny_catalog, tmp_path):
     """The running-job count reads the folders of visitors with jobs, not every visitor's."""
-    from studio.workspaces import Workspaces
+    from studio.ui.workspaces import Workspaces
 
     spaces = Workspaces(tmp_path, public=True)
     for n in range(3000):

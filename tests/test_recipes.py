@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny
 
-from studio.acceleration import StepCache, guidance_steps, token_merging
-from studio.evaluation.metrics import psnr
-from studio.evaluation.pareto import pareto_front
-from studio.generation import PipelineCache, Settings, compare, generate, make_scheduler
+from studio.inference.acceleration import StepCache, guidance_steps, token_merging
+from studio.kinds.evaluation.metrics import psnr
+from studio.kinds.evaluation.pareto import pareto_front
+from studio.inference.generation import PipelineCache, Settings, compare, generate, make_scheduler
 from studio.images import from_tensor, to_tensor
-from studio.recipes import PRESETS, parse_recipe, recipe_name
+from studio.inference.recipes import PRESETS, parse_recipe, recipe_name
 from studio.toy.data import make_example
 from studio.toy.judge import read_scene
 
@@ -46,7 +46,7 @@ def ours(pipeline, settings: Settings, decoder=None):
 
 @pytest.mark.parametrize("model", TOY_MODELS)
 def test_interval_1_and_guidance_on_every_step_equal_plain_generation(cache, catalog, model):
-    from studio.loading import load_pipeline
+    from studio.models.loading import load_pipeline
 
     settings = Settings(PROMPT, steps=6, guidance=1.5, scheduler="DPM++ 2M Karras", cache_interval=1,
                         guidance_stop=1.0)
@@ -198,7 +198,7 @@ def test_the_toy_preview_shows_the_colors_of_the_image(cache):
 
 
 def test_without_a_tiny_decoder_the_preview_is_a_linear_map_of_the_vae(tiny_catalog):
-    from studio.acceleration import LatentPreview
+    from studio.inference.acceleration import LatentPreview
 
     cache = PipelineCache(tiny_catalog)
     preview = cache.preview("tiny-small")

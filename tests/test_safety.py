@@ -10,9 +10,9 @@ from conftest import serve_app
 from PIL import Image
 from test_public import COMPARE, TOKEN_A, visitor
 
-from studio.catalog import load_catalog
-from studio.loading import ModelUnavailableError
-from studio.safety import PLACEHOLDER_COLOR, SafetyChecker, screen
+from studio.models.catalog import load_catalog
+from studio.models.loading import ModelUnavailableError
+from studio.inference.safety import PLACEHOLDER_COLOR, SafetyChecker, screen
 from studio.ui.hosting import Hosting
 
 

@@ -6,10 +6,10 @@ import math
 import torch
 
 from studio.cli import main
-from studio.compression import PRESETS, build_student
-from studio.loading import load_pipeline
-from studio.profiling import count_params
-from studio.sensitivity import Unit, predict, removed, removed_units, unit_params, units
+from studio.models.compression import PRESETS, build_student
+from studio.models.loading import load_pipeline
+from studio.models.profiling import count_params
+from studio.kinds.evaluation.sensitivity import Unit, predict, removed, removed_units, unit_params, units
 
 
 def _forward(unet, generator_seed=0):
@@ -89,7 +89,7 @@ def test_a_removal_is_identical_only_when_every_image_is():
     the removal "identical images"; the set's PSNR is finite then, and infinite only when all are the same."""
     from PIL import Image
 
-    from studio.sensitivity import set_psnr
+    from studio.kinds.evaluation.sensitivity import set_psnr
 
     same = [Image.new("RGB", (8, 8), (10, 20, 30)), Image.new("RGB", (8, 8), (200, 0, 0))]
     changed = [same[0], Image.new("RGB", (8, 8), (199, 0, 0))]

@@ -8,7 +8,7 @@ import pytest
 from starlette.requests import Request
 
 from studio.ui.hosting import COOKIE, OAUTH_VARIABLES, Hosting, identity
-from studio.workspaces import Workspaces
+from studio.ui.workspaces import Workspaces
 
 
 def request(cookie: str | None = None, user: str | None = None, expires_in: float = 3600, headers=()) -> gr.Request:

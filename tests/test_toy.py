@@ -9,7 +9,8 @@ from PIL import Image
 import pytest
 
 from studio.cli import main
-from studio.toy.data import BACKGROUNDS, COLORS, HELD_OUT, SHAPES, Scene, Thing, make_example, render
+from studio.toy.data import make_example
+from studio.toy.scenes import BACKGROUNDS, COLORS, HELD_OUT, SHAPES, Scene, Thing, render
 from studio.toy.judge import judge_images, read_scene, score
 from studio.toy.prompts import TASKS, Prompt, evaluation_set, parse, random_prompt, scene_for
 from studio.toy.world import WORDS, tokenizer_files
@@ -153,7 +154,7 @@ def test_a_few_training_steps_write_a_loadable_pipeline(tmp_path):
 def test_zero_terminal_snr_betas_leave_almost_no_signal_at_t_and_every_sampler_runs_on_them(tmp_path):
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from studio.generation import make_scheduler
+    from studio.inference.generation import make_scheduler
     from studio.toy.train import ToyTrainConfig, train_toy_teacher
     from studio.toy.world import SCHEDULE, TERMINAL_ALPHA_BAR, zero_terminal_snr_betas
 

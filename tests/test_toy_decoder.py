@@ -5,7 +5,8 @@ import json
 import torch
 from diffusers import AutoencoderTiny
 
-from studio.toy.data import BACKGROUNDS, batch_tensors
+from studio.toy.data import batch_tensors
+from studio.toy.scenes import BACKGROUNDS
 from studio.toy.decoder import OBJECT_WEIGHT, distill_tiny_decoder, object_weights
 
 

@@ -3,9 +3,9 @@ pair), and keeps its class prior."""
 
 import pytest
 
-from studio.loading import load_pipeline
-from studio.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
-from studio.toy.data import HELD_OUT
+from studio.models.loading import load_pipeline
+from studio.kinds.personalization.dreambooth import DreamBoothConfig, dreambooth, load_personalized
+from studio.toy.scenes import HELD_OUT
 from studio.toy.evaluate import DEFAULT_GUIDANCE
 from studio.toy.personalize import CLASS_PROMPT, INSTANCE_PROMPT, SUBJECT, judge_prompts, subject_photos
 

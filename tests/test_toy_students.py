@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studio.catalog import load_catalog
-from studio.loading import load_pipeline
-from studio.evaluation.metrics import psnr
+from studio.models.catalog import load_catalog
+from studio.models.loading import load_pipeline
+from studio.kinds.evaluation.metrics import psnr
 from studio.toy.evaluate import prompt_set_images
 from studio.toy.judge import judge_images
 
@@ -71,8 +71,8 @@ def test_the_consistency_distilled_tiny_ships_with_a_guidance_embedding():
 def test_the_lcm_recipes_run_on_every_toy_model(recipe):
     """On a consistency-distilled model and on the others alike (which were not taught to: their images are only
     drawn, not judged); one U-Net call per step, the tiny decoder."""
-    from studio.generation import PipelineCache, Settings, compare
-    from studio.recipes import PRESETS
+    from studio.inference.generation import PipelineCache, Settings, compare
+    from studio.inference.recipes import PRESETS
 
     catalog = load_catalog()
     models = [e.name for e in catalog if e.family == "toy"]
@@ -88,10 +88,10 @@ def test_consistency_distillation_is_what_makes_four_steps_work():
     better than the same Tiny's before distillation (measured on this slice: attributes 66.0% against 59.2%;
     over the whole set and three seeds: attributes 67.3% against 58.5%, overall 32.6% against 20.5%;
     docs/toy-recipes.md)."""
-    from studio.generation import PipelineCache, Settings, sample
-    from studio.recipes import PRESETS
+    from studio.inference.generation import PipelineCache, Settings, sample
+    from studio.inference.recipes import PRESETS
     from studio.toy.evaluate import FAMILY, prompt_set
-    from studio.training import derive_seed
+    from studio.kinds.training import derive_seed
 
     cache = PipelineCache(load_catalog())
     prompts = prompt_set(120)

@@ -7,9 +7,9 @@ from diffusers import StableDiffusionPipeline
 
 import pytest
 
-from studio.catalog import load_catalog, read_configs
-from studio.compression import build_student
-from studio.loading import load_pipeline
+from studio.models.catalog import load_catalog, read_configs
+from studio.models.compression import build_student
+from studio.models.loading import load_pipeline
 from studio.toy.evaluate import prompt_set_images
 from studio.toy.judge import judge_images
 from studio.toy.prompts import TASKS

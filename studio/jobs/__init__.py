@@ -1,4 +1,4 @@
-"""Background jobs: any registered job kind (studio/commands.py) in its own process, its whole state on disk.
+"""Background jobs: any registered job kind (studio/kinds/registry.py) in its own process, its whole state on disk.
 
 store.py reads state from the job folders, launcher.py starts, cancels and resumes
 jobs, runner.py is what runs in their processes, datasets.py unpacks uploads.

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from studio.commands import KINDS
+from studio.kinds.registry import KINDS
 from studio.options import add_arguments, from_args
 
 DEFAULT_DATA_DIR = "studio-data"
@@ -24,7 +24,7 @@ def manager(args):
 
 
 def cmd_start(args) -> None:
-    from studio.catalog import load_catalog
+    from studio.models.catalog import load_catalog
 
     kind = KINDS[args.kind]
     jobs = manager(args)
@@ -36,7 +36,7 @@ def cmd_start(args) -> None:
 
 def cmd_exec(args) -> None:
     """The job itself, in this process: its kind's run on the config stored in job.json, checked again."""
-    from studio.commands import config_from_json, job_kind
+    from studio.kinds.registry import config_from_json, job_kind
     from studio.progress import TqdmProgress
 
     spec = json.loads((Path(args.folder) / "job.json").read_text())

@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 
 from studio.budget import JobLimits, check_caps, check_disk, check_memory, check_running, folder_bytes
-from studio.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, entries_beyond_packaged, load_catalog, write_catalog
-from studio.commands import job_kind
-from studio.cpu import CpuBudget
+from studio.jobs.cpu import CpuBudget
 from studio.jobs.store import JobError, JobStore, read_json, group_alive, write_json
+from studio.kinds.registry import job_kind
+from studio.models.catalog import EXTRA_CATALOG_ENV, PROJECT_ROOT, Catalog, entries_beyond_packaged, load_catalog, write_catalog
 
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, a job has this long to checkpoint and stop before SIGKILL
 _admission = threading.Lock()  # quota checks and launches, one at a time in this process
@@ -34,7 +34,7 @@ class JobManager(JobStore):
 
     `running_elsewhere()` counts the running jobs of other managers (other visitors) for the total quota.
     The owner's disk use is everything under the folder's parent (its jobs and images). With a `cpu` budget, a job
-    gets its share of the threads when it starts (studio/cpu.py); without, torch's default (all cores). With
+    gets its share of the threads when it starts (studio/jobs/cpu.py); without, torch's default (all cores). With
     `memory_reserved`, a job whose kind estimates its peak memory starts only if that fits in what is free less
     what the app reserves (its model memory budget's unused part).
     """

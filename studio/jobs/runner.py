@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from studio.catalog import PROJECT_ROOT
 from studio.jobs.store import write_json
+from studio.models.catalog import PROJECT_ROOT
 
 
 def run_runner(folder: Path) -> int:

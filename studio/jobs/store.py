@@ -1,7 +1,7 @@
 """The job store: every job's state, read from its folder alone (no process of ours needs to be alive).
 
 A job is a folder under the jobs root:
-    job.json    kind (a registered job kind, studio/commands.py), config (its config dataclass as the JSON that was
+    job.json    kind (a registered job kind, studio/kinds/registry.py), config (its config dataclass as the JSON that was
                 checked), name, steps (the progress total), created
     run/        the run's --out (checkpoints, metrics.csv, validation images, result)
     data/       an uploaded dataset, when the job has one
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from studio.catalog import Catalog, ModelEntry
-from studio.commands import KINDS
+from studio.kinds.registry import KINDS
+from studio.models.catalog import Catalog, ModelEntry
 
 STATES = ("running", "finished", "cancelled", "failed", "interrupted")
 JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what the launcher makes: date-time-hex

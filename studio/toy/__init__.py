@@ -5,8 +5,8 @@ source ("--data toy") and the toy judge (the "toy" family's judge). The command
 line and the app import it; nothing else in `studio/` does.
 """
 
-from studio.distillation.data import register_data_source
-from studio.evaluation.judges import register_judge
+from studio.kinds.data import register_data_source
+from studio.kinds.evaluation.judges import register_judge
 from studio.toy.data import ToyData
 from studio.toy.judge import caption_accuracy
 

@@ -22,9 +22,9 @@ from statistics import median
 import torch
 from diffusers import AutoencoderTiny
 
-from studio.evaluation.metrics import psnr
 from studio.images import from_tensor
-from studio.loading import load_pipeline
+from studio.kinds.evaluation.metrics import psnr
+from studio.models.loading import load_pipeline
 from studio.toy.data import batch_tensors
 
 TOY_TINY_DECODER = {

@@ -1,7 +1,7 @@
 """Toy models judged on the fixed evaluation set (studio/toy/prompts.py), through the one evaluation loop.
 
 `judge_score` turns the judge's reading into flat columns (each task, overall,
-held-out, attributes) for studio.evaluation.sweep; `evaluate_toy` runs the
+held-out, attributes) for studio.kinds.evaluation.sweep; `evaluate_toy` runs the
 sweep over toy models x recipes x seeds with the teacher's `paper` images as
 the fidelity reference; the reports (`toy recipes`, `toy ablation`) and
 `toy judge` are built on it.
@@ -10,15 +10,15 @@ the fidelity reference; the reports (`toy recipes`, `toy ablation`) and
 import json
 from pathlib import Path
 
-from studio.catalog import Catalog, ModelEntry, load_catalog, packaged_family
-from studio.evaluation.sweep import over_seeds, sweep
-from studio.generation import PipelineCache, sample
-from studio.recipes import parse_recipe
+from studio.inference.generation import PipelineCache, sample
+from studio.inference.recipes import parse_recipe
+from studio.kinds.evaluation.sweep import over_seeds, sweep
+from studio.kinds.training import derive_seed
+from studio.models.catalog import Catalog, ModelEntry, load_catalog, packaged_family
 from studio.toy.judge import judge_images
 from studio.toy.prompts import TASKS, Prompt, evaluation_set, parse
-from studio.training import derive_seed
 
-# The toy family's sampling defaults live in the catalogue (studio/models.json): 25 PNDM steps and its guidance.
+# The toy family's sampling defaults live in the catalogue (studio/models/models.json): 25 PNDM steps and its guidance.
 FAMILY = packaged_family("toy")
 DEFAULT_STEPS = FAMILY.steps
 DEFAULT_GUIDANCE = FAMILY.guidance

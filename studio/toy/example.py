@@ -8,10 +8,10 @@ passes, then the fewest student passes (the example should show what compression
 """
 
 import studio  # noqa: F401  (torchvision compatibility first)
-from studio.catalog import load_catalog
-from studio.generation import Settings, compare_iter
-from studio.pipelines import PipelineCache
-from studio.recipes import PRESETS
+from studio.inference.generation import Settings, compare_iter
+from studio.inference.pipeline_cache import PipelineCache
+from studio.inference.recipes import PRESETS
+from studio.models.catalog import load_catalog
 from studio.toy.judge import judge_images
 from studio.toy.prompts import evaluation_set, parse
 

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from studio.toy.data import BACKGROUNDS, COLORS, SHAPES, draw_shape
 from studio.toy.prompts import TASKS, Prompt, parse
+from studio.toy.scenes import BACKGROUNDS, COLORS, SHAPES, draw_shape
 
 MIN_AREA = 24  # pixels; a small (14 px) triangle covers about 98
 MAX_RESIDUAL = 60.0  # RGB distance from the best blend beyond which a pixel is no palette color

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.catalog import PROJECT_ROOT
-from studio.evaluation.sweep import write_table
-from studio.generation import sample
+from studio.inference.generation import sample
+from studio.kinds.evaluation.sweep import write_table
+from studio.kinds.personalization.config import DreamBoothConfig
+from studio.kinds.training import derive_seed
+from studio.models.catalog import PROJECT_ROOT
 from studio.options import to_argv
-from studio.personalization.config import DreamBoothConfig
-from studio.toy.data import OBJECT_SIZES, Scene, Thing, place, render
 from studio.toy.judge import read_scene
-from studio.training import derive_seed
+from studio.toy.scenes import OBJECT_SIZES, Scene, Thing, place, render
 
 SUBJECT = "red"
 IDENTIFIER = "sks"
@@ -81,8 +81,8 @@ def run_dreambooth_process(model: str, photos: Path, out: Path, steps: int, clas
 
 def toy_dreambooth_report(models: list[str], work: Path, steps: int, class_images: int, lr: float, n: int,
                           report: Path) -> list[dict]:
-    from studio.loading import load_pipeline
-    from studio.personalization.dreambooth import load_personalized
+    from studio.kinds.personalization.dreambooth import load_personalized
+    from studio.models.loading import load_pipeline
     from studio.toy.evaluate import DEFAULT_GUIDANCE
 
     photos = subject_photos(work / "photos")[0].parent

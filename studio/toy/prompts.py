@@ -21,8 +21,8 @@ from functools import cache
 
 import numpy as np
 
-from studio.toy.data import BACKGROUNDS, COLORS, HELD_OUT, OBJECT_SIZES, PLURALS, SHAPES, Scene, Thing, place, \
-    training_color
+from studio.toy.scenes import (BACKGROUNDS, COLORS, HELD_OUT, OBJECT_SIZES, PLURALS, SHAPES, Scene, Thing, place,
+                               training_color)
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")

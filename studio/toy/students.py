@@ -5,7 +5,7 @@ assets/toy/bk-{arch} (U-Net in fp16, card, metrics, last validation images).
 `python -m studio toy ablation` reruns the paper's KD ablation at toy scale
 (same student, steps and seed) and writes docs/toy-ablation.md. `python -m
 studio toy lcm` consistency-distills the shipped Tiny into toy-bk-tiny-lcm
-(studio/consistency). Runs live in one work folder, so a finished run is
+(studio/kinds/consistency). Runs live in one work folder, so a finished run is
 reused, never redone.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from studio.catalog import PROJECT_ROOT, ModelEntry, load_catalog
-from studio.distillation.config import DistillConfig
-from studio.distillation.train import distill
-from studio.loading import load_unet
+from studio.kinds.distillation.config import DistillConfig
+from studio.kinds.distillation.train import distill
+from studio.models.catalog import PROJECT_ROOT, ModelEntry, load_catalog
+from studio.models.loading import load_unet
 from studio.toy.evaluate import DEFAULT_GUIDANCE, FAMILY, TEACHER
 
 ASSETS = PROJECT_ROOT / "assets" / "toy"
@@ -56,8 +56,8 @@ def run_once(config: DistillConfig) -> Path:
 def distill_toy_lcm(steps: int, batch_size: int, lr: float, work: Path, dest_root: Path = ASSETS) -> Path:
     """toy-bk-tiny, consistency-distilled on toy data with toy-teacher's ODE (guidance drawn within 1 of the
     family's, which the `lcm` recipe embeds), shipped as toy-bk-tiny-lcm."""
-    from studio.consistency.config import ConsistencyConfig
-    from studio.consistency.train import consistency_distill
+    from studio.kinds.consistency.config import ConsistencyConfig
+    from studio.kinds.consistency.train import consistency_distill
 
     out = work / "tiny-lcm"
     config = ConsistencyConfig(
@@ -96,7 +96,7 @@ def distill_toy_students(steps: int, batch_size: int, lr: float, work: Path,
 def run_ablation(steps: int, batch_size: int, lr: float, work: Path, n: int | None, seeds, report: Path) -> list[dict]:
     """Distill each variant (reusing finished runs), judge it with the teacher through the one evaluation loop
     (`paper`, the same prompts and seeds), and write the table."""
-    from studio.evaluation.sweep import over_seeds, percent, write_table
+    from studio.kinds.evaluation.sweep import over_seeds, percent, write_table
     from studio.toy.evaluate import JUDGE_KEYS, evaluate_toy
 
     entries = []

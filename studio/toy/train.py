@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from studio.kinds.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 from studio.toy.data import batch_tensors
 from studio.toy.prompts import task_mix
 from studio.toy.world import SCHEDULE, build_components, zero_terminal_snr_betas
-from studio.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 
 
 @dataclass
@@ -62,7 +62,7 @@ METRICS = ["step", "loss_total", "loss_vae_recon", "loss_denoise", "lr", "second
 
 
 class StageLog:
-    """metrics.csv in the studio's run format (studio/training.py), one step count across both stages, so the
+    """metrics.csv in the studio's run format (studio/kinds/training.py), one step count across both stages, so the
     app's loss plot reads it like any run's: loss_vae_recon while the VAE trains, loss_denoise after."""
 
     def __init__(self, path: Path):

@@ -9,8 +9,8 @@ import json
 import string
 from pathlib import Path
 
-from studio.toy.data import BACKGROUNDS, COLORS, PLURALS, SHAPES
 from studio.toy.prompts import NUMBERS, RELATIONS
+from studio.toy.scenes import BACKGROUNDS, COLORS, PLURALS, SHAPES
 
 MAX_TOKENS = 16  # the longest toy prompt is 11 words, 13 tokens with BOS and EOS
 WORDS = ("a", "an", "the", "on", "of", "in", "and", "with", "background", "photo", "shape", "sks", "one",

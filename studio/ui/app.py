@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.catalog import Catalog
+from studio.models.catalog import Catalog
 from studio.ui import compare, dreambooth, evaluate, img2img, models, train
 from studio.ui.common import Studio
 from studio.ui.hosting import Hosting

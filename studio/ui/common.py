@@ -21,20 +21,20 @@ from studio.ui import inputs
 import pandas as pd
 
 from studio.budget import QuotaError
-from studio.catalog import Catalog, CatalogError, Family, UnknownModelError
-from studio.commands import KINDS
-from studio.compression import CompressionError
-from studio.cpu import use_threads
-from studio.bench import DTYPES
-from studio.generation import DECODERS, MAX_CACHE_INTERVAL, MAX_TOME_RATIO, SCHEDULERS, PipelineCache
-from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
-from studio.recipes import PRESETS, Recipe
-from studio.safety import SafetyChecker, family_checker, screen_file
+from studio.inference.devices import DTYPES
+from studio.inference.generation import DECODERS, MAX_CACHE_INTERVAL, MAX_TOME_RATIO, SCHEDULERS, PipelineCache
+from studio.inference.recipes import PRESETS, Recipe
+from studio.inference.safety import SafetyChecker, family_checker, screen_file
 from studio.jobs import JobError, JobManager, read_metrics
-from studio.loading import ModelUnavailableError, in_reach
-from studio.training import TrainingError
+from studio.jobs.cpu import use_threads
+from studio.kinds.registry import KINDS
+from studio.kinds.training import TrainingError
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
+from studio.models.catalog import Catalog, CatalogError, Family, UnknownModelError
+from studio.models.compression import CompressionError
+from studio.models.loading import ModelUnavailableError, in_reach
 from studio.ui.hosting import Hosting, identity, public_catalog, without_paths
-from studio.workspaces import Workspace, Workspaces
+from studio.ui.workspaces import Workspace, Workspaces
 
 INPUT_ERRORS = (ValueError, UnknownModelError, CatalogError, ModelUnavailableError, CompressionError, JobError,
                 TrainingError, QuotaError)
@@ -43,6 +43,8 @@ ZEROGPU_NOTE = ("Training runs as a background process on this machine. On a Zer
 LOSS_COLUMNS = ["step", "loss", "term"]
 JOB_HEADERS = ["job", "name", "state", "step", "of", "steps/s", "loss_total"]
 POLL_SECONDS = 2.0
+# The page's CSS (passed to launch): a readout's model and recipe columns keep their names whole.
+PAGE_CSS = ".readout th:nth-child(-n+2), .readout td:nth-child(-n+2) { white-space: nowrap; }"
 
 try:  # Hugging Face ZeroGPU: a GPU exists only inside functions decorated with spaces.GPU
     import spaces
@@ -133,7 +135,7 @@ class Studio:
         return screen_file(self.safety(), path, self._screened)
 
     def share_cpu(self) -> int:
-        """Generation's threads now (studio/cpu.py): the budget less what running jobs were given."""
+        """Generation's threads now (studio/jobs/cpu.py): the budget less what running jobs were given."""
         return use_threads(self.workspaces.generation_threads())
 
     def workspace(self, request: gr.Request | None = None) -> Workspace:

@@ -9,22 +9,20 @@ from PIL import Image
 
 from studio.ui import inputs
 
-from studio.evaluation.difference import difference_map, fidelity
-from studio.generation import Result, Settings, compare_iter
-from studio.history import read_settings
-from studio.recipes import PRESETS, recipe_name
-from studio.safety import screen
+from studio.inference.generation import Result, Settings, compare_iter
+from studio.inference.history import read_settings
+from studio.inference.recipes import PRESETS, recipe_name
+from studio.inference.safety import screen
+from studio.kinds.evaluation.difference import difference_map, fidelity
 from studio.ui.common import (GENERATION_ARGS, Studio, endpoint, generation_controls, on_gpu, progress_callback,
                               refresh_models_on_visit)
 from studio.ui.doors import check_listening
 from studio.ui.fairness import check_request
-from studio.workspaces import Workspace
+from studio.ui.workspaces import Workspace
 
 READOUT_HEADER = ["| model | recipe | s: total; decode | U-Net calls (cached) | speed-up: same recipe; paper | "
                   "to teacher: PSNR; SSIM | U-Net: M params; G MACs/call (+attn) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-# The readout's model and recipe columns keep their names whole (the page passes this to launch).
-READOUT_CSS = ".readout th:nth-child(-n+2), .readout td:nth-child(-n+2) { white-space: nowrap; }"
 TIMING_KEYS = ("seconds", "unet_step_seconds", "decode_seconds")
 PREVIEW_SECONDS = 0.5  # at most two previews a second reach the page
 

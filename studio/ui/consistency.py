@@ -2,10 +2,10 @@
 
 import gradio as gr
 
-from studio.catalog import Catalog
-from studio.consistency.config import ConsistencyConfig
-from studio.distillation.data import DATA_SOURCES
 from studio.jobs import JobManager
+from studio.kinds.consistency.config import ConsistencyConfig
+from studio.kinds.data import DATA_SOURCES
+from studio.models.catalog import Catalog
 from studio.options import check_text
 from studio.ui import inputs
 from studio.ui.common import JobMonitor, Studio, endpoint, job_action, number

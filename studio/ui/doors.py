@@ -175,9 +175,9 @@ def launch_options(hosting: Hosting) -> dict:
     and the MCP door."""
     from starlette.middleware import Middleware
 
-    from studio.ui.compare import READOUT_CSS
+    from studio.ui.common import PAGE_CSS
 
-    options = {"max_file_size": f"{hosting.max_upload_mb}mb", "css": READOUT_CSS}
+    options = {"max_file_size": f"{hosting.max_upload_mb}mb", "css": PAGE_CSS}
     if hosting.public:
         options["app_kwargs"] = {"middleware": [Middleware(VisitorCookie, secure=bool(os.environ.get("SPACE_ID"))),
                                                 Middleware(McpDoor, hosting=hosting),

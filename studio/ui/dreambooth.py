@@ -9,20 +9,20 @@ import gradio as gr
 
 from studio.ui import inputs
 
-from studio.catalog import Catalog, read_configs
-from studio.generation import Settings, sample
-from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
+from studio.inference.generation import Settings, sample
+from studio.inference.safety import screen
 from studio.jobs import JobManager
-from studio.personalization.config import DreamBoothConfig
-from studio.personalization.dreambooth import load_personalized
-from studio.personalization.photos import PhotoLimits, check_photos, import_photos
-from studio.profiling import input_geometry
-from studio.safety import screen
+from studio.kinds.personalization.config import DreamBoothConfig
+from studio.kinds.personalization.dreambooth import load_personalized
+from studio.kinds.personalization.photos import PhotoLimits, check_photos, import_photos
+from studio.limits import MAX_GUIDANCE, MAX_SAMPLING_STEPS
+from studio.models.catalog import Catalog, read_configs
+from studio.models.profiling import input_geometry
 from studio.options import check_text
 from studio.ui.common import (ZEROGPU_NOTE, JobMonitor, Studio, chosen_models, endpoint, job_action, number, on_gpu,
                               refresh_models_on_visit, selected_jobs)
 from studio.ui.fairness import check_request
-from studio.workspaces import Workspace
+from studio.ui.workspaces import Workspace
 
 
 def prompts(identifier: str, class_phrase: str) -> tuple[str, str]:

@@ -6,10 +6,10 @@ import gradio as gr
 
 from studio.ui import inputs
 
-from studio.catalog import Catalog
-from studio.evaluation.config import EvalConfig
-from studio.evaluation.prompts import read_prompts
 from studio.jobs import JobManager
+from studio.kinds.evaluation.config import EvalConfig
+from studio.kinds.evaluation.prompts import read_prompts
+from studio.models.catalog import Catalog
 from studio.ui.common import JobMonitor, Studio, chosen_models, endpoint, number, refresh_models_on_visit
 
 

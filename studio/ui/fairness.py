@@ -14,9 +14,9 @@ holds the one generation slot for minutes.
 
 import gradio as gr
 
-from studio.catalog import Catalog, UnknownModelError, read_configs
-from studio.generation import Settings, smallest_resolution
-from studio.profiling import input_geometry, vae_scale_factor
+from studio.inference.generation import Settings, smallest_resolution
+from studio.models.catalog import Catalog, UnknownModelError, read_configs
+from studio.models.profiling import input_geometry, vae_scale_factor
 from studio.ui.hosting import Hosting, client_address, identity
 
 PAPER_EVALUATIONS = 25 * 2  # the cost unit: the `paper` recipe, 25 steps, each a conditional + unconditional batch
@@ -107,7 +107,7 @@ def request_cost(catalog: Catalog, models: list[str], columns: list[Settings], i
 
 
 def check_sizes(catalog: Catalog, models: list[str], columns: list[Settings]) -> None:
-    """Refuse a resolution below what a model can draw (studio/generation.py: smallest_resolution), before any
+    """Refuse a resolution below what a model can draw (studio/inference/generation.py: smallest_resolution), before any
     model is loaded."""
     for name in models:
         configs = _configs(name, catalog)

@@ -28,9 +28,9 @@ import gradio as gr
 import psutil
 
 from studio.budget import GB, JobLimits
-from studio.catalog import Catalog
-from studio.loading import ModelUnavailableError, check_at_hand
-from studio.cpu import CpuBudget, machine_threads
+from studio.jobs.cpu import CpuBudget, machine_threads
+from studio.models.catalog import Catalog
+from studio.models.loading import ModelUnavailableError, check_at_hand
 from studio.options import check_fields, option
 
 HEADER = "x-studio-visitor"

@@ -2,7 +2,7 @@
 
 import gradio as gr
 
-from studio.catalog import Catalog
+from studio.models.catalog import Catalog
 
 HEADERS = ["name", "role", "family", "teacher", "arch", "source", "description"]
 

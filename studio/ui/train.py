@@ -8,13 +8,13 @@ import gradio as gr
 
 from studio.ui import consistency, inputs
 
-from studio.catalog import Catalog, read_configs
-from studio.compression import StudentSpec, plan_student, resolve_spec
-from studio.distillation.config import DistillConfig
-from studio.distillation.data import DATA_SOURCES, DataError, open_data
 from studio.jobs import JobError, JobManager, extract_dataset_zip, unpacked_bytes
-from studio.profiling import input_geometry, profile_students
-from studio.sensitivity import predict, removed_units
+from studio.kinds.data import DATA_SOURCES, DataError, open_data
+from studio.kinds.distillation.config import DistillConfig
+from studio.kinds.evaluation.sensitivity import predict, removed_units
+from studio.models.catalog import Catalog, read_configs
+from studio.models.compression import StudentSpec, plan_student, resolve_spec
+from studio.models.profiling import input_geometry, profile_students
 from studio.ui.common import ZEROGPU_NOTE, JobMonitor, Studio, endpoint, job_action, number
 
 PRESET_CHOICES = ("base", "small", "tiny", "custom")

@@ -1,0 +1,160 @@
+"""Image-caption data for the training kinds (distillation, consistency): an imagefolder, or a data source registered
+by name.
+
+A registered source (the toy world registers "toy") is a factory
+`factory(resolution)` returning an object with `batch(size, rng)` and
+`skipped`; the trainer knows sources only by name.
+
+An imagefolder is a folder with `metadata.jsonl`, one JSON object per line
+with `file_name` and `text` (the Hugging Face imagefolder layout). It is
+checked before training starts: a missing or empty folder, missing captions,
+or mostly unreadable images stop the run with a message; a few bad rows are
+skipped and counted.
+"""
+
+import json
+import random
+from pathlib import Path
+
+from typing import Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from studio.images import ImageTooLarge, check_pixels, square, to_tensor
+
+MAX_BAD_FRACTION = 0.1
+
+
+class DataError(ValueError):
+    """A data source that can't be trained on."""
+
+
+class ImageFolderData:
+    def __init__(self, folder: "str | Path", resolution: int):
+        self.folder = Path(folder)
+        self.resolution = resolution
+        self.rows, self.skipped = self._check()
+
+    def _check(self) -> tuple[list[dict], list[str]]:
+        metadata = self.folder / "metadata.jsonl"
+        if not self.folder.is_dir():
+            raise DataError(f"data folder {self.folder} does not exist")
+        if not metadata.is_file():
+            raise DataError(f"{self.folder} has no metadata.jsonl; expected one line per image with "
+                            '{"file_name": ..., "text": ...} (the imagefolder layout)')
+        rows, skipped = [], []
+        lines = [line for line in metadata.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise DataError("metadata.jsonl is empty: no image-caption pairs to train on")
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                name, text = row["file_name"], row["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                skipped.append(f"line {number}: not a JSON object with file_name and text")
+                continue
+            path = (self.folder / name).resolve()
+            if self.folder.resolve() not in path.parents:
+                skipped.append(f"line {number}: {name!r} points outside the data folder")
+                continue
+            if not isinstance(text, str) or not text.strip():
+                skipped.append(f"line {number}: empty caption")
+                continue
+            try:
+                with Image.open(path) as image:
+                    check_pixels(image, f"line {number}: {name}")
+                    image.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError):
+                skipped.append(f"line {number}: {name} is missing or not a readable image")
+                continue
+            except ImageTooLarge as problem:
+                skipped.append(str(problem))
+                continue
+            rows.append({"path": path, "text": text})
+        if len(skipped) > MAX_BAD_FRACTION * len(lines) or not rows:
+            raise DataError(f"{len(skipped)} of {len(lines)} rows of metadata.jsonl are unusable, e.g. "
+                            + "; ".join(skipped[:3]))
+        return rows, skipped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def captions(self, size: int, rng: random.Random) -> list[str]:
+        return [self.rows[rng.randrange(len(self.rows))]["text"] for _ in range(size)]
+
+    def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        rows = [self.rows[rng.randrange(len(self.rows))] for _ in range(size)]
+        images = []
+        for row in rows:
+            with Image.open(row["path"]) as image:
+                images.append(to_tensor(square(image, self.resolution), flip=rng.random() < 0.5))
+        return torch.stack(images), [r["text"] for r in rows]
+
+
+DATA_SOURCES: dict[str, Callable] = {}
+
+
+def register_data_source(name: str, factory: Callable) -> None:
+    """Make `--data NAME` mean `factory(resolution)`."""
+    DATA_SOURCES[name] = factory
+
+
+def open_data(source: str, resolution: int):
+    """A registered source by name, or an imagefolder path; checked before any training."""
+    if source in DATA_SOURCES:
+        return DATA_SOURCES[source](resolution)
+    return ImageFolderData(source, resolution)
+
+
+SYNTHETIC_BATCH = 8
+
+
+def teacher_images(source, teacher, folder: Path, n: int, seed: int, steps: int, guidance: float,
+                   callback=None) -> ImageFolderData:
+    """`n` captions drawn from `source`, each drawn by `teacher` (a pipeline) into `folder` in the imagefolder
+    layout; training then reads these instead of the source's own images. EdgeFusion (arXiv 2404.11925) found
+    a teacher's own images the data that made consistency distillation of BK-SDM work. Images already in the
+    folder are kept, so a resumed run draws only the rest."""
+    from studio.progress import report
+
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = source.captions(n, random.Random(seed))
+    teacher.set_progress_bar_config(disable=True)
+    for start in range(0, n, SYNTHETIC_BATCH):
+        names = [f"{i:06d}.png" for i in range(start, min(n, start + SYNTHETIC_BATCH))]
+        if all((folder / name).is_file() for name in names):
+            continue
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(names))]
+        with torch.no_grad():
+            images = teacher(captions[start:start + len(names)], num_inference_steps=steps, guidance_scale=guidance,
+                             generator=generators).images
+        for name, image in zip(names, images):
+            image.save(folder / name)
+        report(callback, "teacher images", start + len(names), n)
+    rows = [json.dumps({"file_name": f"{i:06d}.png", "text": text}) for i, text in enumerate(captions)]
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return ImageFolderData(folder, teacher.unet.config.sample_size * teacher.vae_scale_factor)
+
+
+def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
+                       guidance: float = 7.5, callback=None):
+    """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
+    captions, drawn once into OUT/synthetic."""
+    data = open_data(source, teacher.unet.config.sample_size * teacher.vae_scale_factor)
+    if synthetic <= 0:
+        return data
+    if not hasattr(data, "captions"):
+        raise DataError(f"--data {source}: this source gives no captions to draw teacher images for")
+    return teacher_images(data, teacher, Path(out) / "synthetic", synthetic, seed, steps, guidance, callback)
+
+
+def family_sampling(teacher: str) -> tuple[int, float]:
+    """(steps, guidance) the teacher's family samples with (the paper's 25 and 7.5 for a folder)."""
+    from studio.models.catalog import load_catalog
+
+    catalog = load_catalog()
+    if teacher not in catalog:
+        return 25, 7.5
+    family = catalog.family(catalog.get(teacher).family)
+    return family.steps, family.guidance

@@ -1,0 +1,183 @@
+"""Distill a block-removed student from its teacher (BK-SDM pretraining).
+
+`python -m studio distill ...`, or `accelerate launch -m studio distill ...` for
+several processes. One function, top to bottom: load, build the student, then
+per step: draw a batch, encode it, noise it, run teacher (no graph) and student
+on the same inputs, take the KD loss, step; log, checkpoint, stop on cancel.
+
+Every step's randomness (which images, noise, timesteps, caption dropout) is
+derived from (seed, step, process), so a run resumed from a checkpoint draws
+exactly what the uninterrupted run would have, and a checkpoint needs only the
+student, optimizer and scheduler states and the step count.
+"""
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from studio.inference.devices import DTYPES
+from studio.inference.generation import sample
+from studio.kinds.data import family_sampling, open_training_data
+from studio.kinds.distillation.config import DistillConfig
+from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
+from studio.kinds.trackers import Trackers
+from studio.kinds.training import (
+    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
+    latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler,
+    write_card,
+)
+from studio.models.compression import build_student, plan_student
+from studio.models.loading import load_pipeline, share_components
+from studio.progress import Callback, report
+
+METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"]
+
+
+def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
+    """Run (or resume) a distillation; returns the output folder."""
+    from accelerate import Accelerator
+
+    config.check()
+    out = Path(config.out)
+    check_new_run(out, config.resume)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    device, main = accelerator.device, accelerator.is_main_process
+    started = time.perf_counter()
+
+    # The frozen teacher, the data (checked before any training) and the student, copied from the teacher.
+    teacher = load_pipeline(config.teacher).to(device)
+    if config.synthetic and not main:
+        accelerator.wait_for_everyone()  # the main process draws the teacher's images first
+    data = open_training_data(config.data, teacher, out, config.synthetic, config.seed, *family_sampling(config.teacher))
+    if config.synthetic and main:
+        accelerator.wait_for_everyone()
+    for part in (teacher.vae, teacher.text_encoder, teacher.unet):
+        part.requires_grad_(False).eval()
+    plan = plan_student(teacher.unet.config, config.arch)
+    student = build_student(teacher.unet, config.arch)  # float32 copy of the teacher's weights
+    teacher_dtype = DTYPES[config.teacher_dtype]
+    teacher.unet.to(teacher_dtype)
+    if config.init == "random":
+        torch.manual_seed(config.seed)
+        student = type(student).from_config(student.config).to(device)
+    pairs = feature_pairs(plan) if config.lambda_feat > 0 else []
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant, as in the paper
+    ema = None
+    if config.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(student.parameters(), decay=config.ema)
+
+    # Resume: the student, optimizer, scheduler (and EMA) states of the latest checkpoint.
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    start_step = 0
+    if checkpoint is not None:
+        student.load_state_dict(checkpoint.tensors("student.safetensors"))
+        optimizer.load_state_dict(checkpoint.state("optimizer.pt"))
+        scheduler.load_state_dict(checkpoint.state("scheduler.pt"))
+        if ema is not None and checkpoint.has("ema.pt"):  # the whole EMA: its step count sets the next decay
+            ema.load_state_dict(checkpoint.state("ema.pt"))
+        elif ema is not None and checkpoint.has("ema.safetensors"):  # an older checkpoint held only the average
+            shadow = checkpoint.tensors("ema.safetensors")
+            ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
+            ema.optimization_step = checkpoint.step
+        start_step = checkpoint.step
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**asdict(config), "feature_pairs": pairs}, indent=2) + "\n")
+        if data.skipped:
+            print(f"skipping {len(data.skipped)} unusable data rows, e.g. {data.skipped[0]}")
+    log = MetricsLog(out / "metrics.csv", start_step, METRICS, Trackers(config.report_to, out, "distill", config)) \
+        if main else None
+    noise_scheduler = training_scheduler(teacher)
+    empty_ids = tokenize(teacher.tokenizer, [""])
+    loop_started, losses = time.perf_counter(), {}
+    with StopOnSigterm(accelerator.num_processes == 1) as stop:
+        for step in range(start_step, config.steps):
+            micro_losses = []
+            for micro in range(config.grad_accum):
+                rng, generator = step_generator(config.seed, step * config.grad_accum + micro, accelerator.process_index)
+                with accelerator.accumulate(student):
+                    # Inputs both models see: latents of the batch, noised, and its (sometimes dropped) captions.
+                    images, captions = data.batch(config.batch_size, rng)
+                    with torch.no_grad():
+                        latents = encode_latents(teacher.vae, images.to(device), generator)
+                        ids = tokenize(teacher.tokenizer, captions)
+                        ids[torch.rand(len(ids), generator=generator) < config.caption_dropout] = empty_ids
+                        context = teacher.text_encoder(ids.to(device))[0]
+                        noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, generator)
+                        with capture_outputs(teacher.unet, [t for _, t in pairs]) as teacher_features:
+                            teacher_out = teacher.unet(noisy.to(teacher_dtype), timesteps,
+                                                       encoder_hidden_states=context.to(teacher_dtype)).sample
+                    with capture_outputs(accelerator.unwrap_model(student), [s for s, _ in pairs]) as features:
+                        student_out = student(noisy, timesteps, encoder_hidden_states=context).sample
+                    terms = kd_loss(student_out, teacher_out, target, features, teacher_features, pairs,
+                                    config.weights)
+                    check_finite(terms, step, out)
+                    accelerator.backward(terms["loss_total"])
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_losses.append({k: v.item() for k, v in terms.items()})
+            losses = {k: sum(m[k] for m in micro_losses) / len(micro_losses) for k in micro_losses[0]}
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(student).parameters())
+
+            done = step + 1
+            if main and due(done, config.log_every, config.steps):
+                log.write({"step": done, **losses, "lr": scheduler.get_last_lr()[0],
+                           "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 2)})
+            if main:
+                report(callback, "distill", done, config.steps, loss=losses["loss_total"])
+            if due(done, config.checkpoint_every, config.steps) or stop.requested:
+                accelerator.wait_for_everyone()
+                if main:
+                    unwrapped = accelerator.unwrap_model(student)
+                    states = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict()}
+                    if ema is not None:
+                        states["ema.pt"] = ema.state_dict()  # shadow weights, decay and step count
+                    save_checkpoint(out, done, {"student.safetensors": unwrapped.state_dict()}, states,
+                                    keep=config.checkpoints_total_limit)
+                    if config.validation_prompts:
+                        validation_grid(teacher, unwrapped.to(torch.float32), config,
+                                        out / "validation" / f"step-{done:06d}.png", log, done)
+            if stop.requested:
+                if main:
+                    log.close()
+                raise cancelled(out, done, config.steps)
+
+    if main:
+        log.close()
+        result = accelerator.unwrap_model(student)
+        if ema is not None:
+            ema.copy_to(result.parameters())
+        result.to(torch.float32).save_pretrained(out / "unet", safe_serialization=True)
+        write_card(out, "distill", config, config.steps, losses, time.perf_counter() - started,
+                   sum(p.numel() for p in result.parameters()), teacher=config.teacher, arch=str(plan.spec))
+    accelerator.wait_for_everyone()
+    return out
+
+
+def validation_grid(teacher_pipe, student_unet, config: DistillConfig, path: Path, log: MetricsLog | None = None,
+                    step: int | None = None) -> None:
+    """Teacher (top row) and student (bottom row) images of the validation prompts, same seeds."""
+    prompts = list(config.validation_prompts)
+    seeds = [derive_seed(config.seed, i) for i in range(len(prompts))]
+    # The pipeline feeds the U-Net in the text encoder's dtype (fp32): a --teacher-dtype fp16/bf16 U-Net samples in
+    # fp32 for these images (widening is exact, so narrowing back restores the very same weights).
+    teacher_dtype = teacher_pipe.unet.dtype
+    teacher_pipe.unet.to(teacher_pipe.text_encoder.dtype)
+    try:
+        rows = [sample(pipe, prompts, seeds, guidance=config.validation_guidance)
+                for pipe in (teacher_pipe, share_components(teacher_pipe, student_unet))]
+    finally:
+        teacher_pipe.unet.to(teacher_dtype)
+    save_validation(path, rows, log, step)

@@ -1,0 +1,248 @@
+"""The run skeleton every trainer shares: seeds, the diffusion target, checkpoints, metrics, card, stop.
+
+Distillation, DreamBooth and the toy teacher use these, so their runs resume,
+log, stop and describe themselves the same way, and the app's live plot reads
+any of them:
+
+- `derive_seed` / `step_generator`: randomness from (seed, step, process), so a
+  resumed run draws exactly what an uninterrupted one would have;
+- `save_checkpoint` / `latest_checkpoint`: checkpoints/step-NNNNNN, written
+  beside and renamed into place;
+- `MetricsLog`: metrics.csv, columns step, loss_total, the run's other loss_*
+  terms, lr, seconds;
+- `write_card`: card.json with kind, steps, final_losses, train_seconds, peak
+  memory, trainable_params and the run's config;
+- `check_finite` and `StopOnSigterm`: a NaN stops a run with TrainingError, a
+  cancel with TrainingCancelled, both after the last good checkpoint.
+"""
+
+import csv
+import json
+import random
+import resource
+import shutil
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+SEED_MIX = 1_000_003
+
+
+class TrainingError(RuntimeError):
+    """A run that had to stop; its last good checkpoint and its logs are kept."""
+
+
+class TrainingCancelled(TrainingError):
+    """SIGTERM (the studio's Cancel) stopped the run after a checkpoint of the current step."""
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """One integer seed from a base seed and indices (step, process, image): the studio's only derivation."""
+    for part in parts:
+        seed = seed * SEED_MIX + part
+    return seed
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> tuple[random.Random, torch.Generator]:
+    mixed = derive_seed(seed, step, rank)
+    return random.Random(mixed), torch.Generator().manual_seed(mixed)
+
+
+def check_new_run(out: Path, resume: bool) -> None:
+    if not resume and (out / "metrics.csv").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+
+# --- The diffusion objective's inputs -----------------------------------------------------------------------------
+
+def training_scheduler(pipeline):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipeline.scheduler.config)
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return vae.encode(images).latent_dist.sample(generator) * vae.config.scaling_factor
+
+
+def noisy_inputs(scheduler, latents: torch.Tensor, generator: torch.Generator):
+    """(noisy latents, timesteps, target): the target is the noise, or the velocity for v-prediction."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    timesteps = timesteps.to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "epsilon":
+        return noisy, timesteps, noise
+    return noisy, timesteps, scheduler.get_velocity(latents, noise, timesteps)
+
+
+# --- Checkpoints ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    folder: Path
+    step: int
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return load_file(self.folder / name)
+
+    def state(self, name: str) -> dict:
+        return torch.load(self.folder / name, weights_only=True)
+
+    def has(self, name: str) -> bool:
+        return (self.folder / name).exists()
+
+
+def latest_checkpoint(out: Path) -> Checkpoint | None:
+    """The newest complete checkpoint; a leftover step-N.partial (a kill mid-write) is ignored."""
+    found = []
+    for folder in (Path(out) / "checkpoints").glob("step-*"):
+        number = folder.name.removeprefix("step-")
+        if number.isdigit() and (folder / "state.json").is_file():
+            found.append(Checkpoint(folder, int(number)))
+    return max(found, key=lambda c: c.step, default=None)
+
+
+def save_checkpoint(out: Path, step: int, tensors: dict[str, dict], states: dict[str, dict],
+                    keep: int | None = None) -> Path:
+    """checkpoints/step-NNNNNN with safetensors files (`tensors`), optimizer-like states (`states`,
+    torch.save, read back with weights_only=True) and state.json; written beside and renamed into place,
+    so a kill mid-write never leaves a broken "latest". With `keep`, only the newest `keep` checkpoints
+    stay (removed once the new one is complete)."""
+    final = Path(out) / "checkpoints" / f"step-{step:06d}"
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, tensor_dict in tensors.items():
+        save_file({k: v.detach().contiguous() for k, v in tensor_dict.items()}, partial / name)
+    for name, state in states.items():
+        torch.save(state, partial / name)
+    (partial / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    if keep is not None:
+        complete = sorted((p for p in final.parent.glob("step-*") if p.name.removeprefix("step-").isdigit()),
+                          key=lambda p: int(p.name.removeprefix("step-")))
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def due(done: int, every: int, total: int) -> bool:
+    """Whether step `done` (1-based) is one to log or checkpoint at: every `every` steps and the last."""
+    return done % every == 0 or done == total
+
+
+def check_finite(losses: dict, step: int, out: Path) -> None:
+    total = torch.as_tensor(losses["loss_total"]).detach()
+    if not torch.isfinite(total):
+        raise TrainingError(f"loss became {total.item()} at step {step}; stopped. Last good checkpoint: "
+                            f"{getattr(latest_checkpoint(out), 'folder', None) or 'none yet'}. Try a lower --lr.")
+
+
+def cancelled(out: Path, done: int, steps: int) -> TrainingCancelled:
+    return TrainingCancelled(f"cancelled at step {done} of {steps}; checkpoint saved in "
+                             f"{latest_checkpoint(out).folder}; continue with --resume")
+
+
+# --- Logs and the card ---------------------------------------------------------------------------------------------
+
+class MetricsLog:
+    """metrics.csv, one row per logged step, flushed per row so a live plot can tail it.
+
+    Columns: step, then loss_total and the run's other loss_* terms, then lr and seconds.
+    """
+
+    def __init__(self, path: Path, resume_step: int, columns: list[str], trackers=None):
+        self.trackers = trackers  # studio.kinds.trackers.Trackers: each row goes to them too
+        rows = []
+        if resume_step and path.exists():  # drop rows past the checkpoint: they will be redone
+            with open(path, newline="") as file:
+                rows = [r for r in csv.DictReader(file) if _step(r) is not None and _step(r) <= resume_step]
+        self.seconds_before = float(rows[-1]["seconds"]) if rows else 0.0  # seconds count across resumes
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, columns, restval="")
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.file.flush()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        if self.trackers is not None:
+            self.trackers.log(row)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.trackers is not None:
+            self.trackers.finish()
+
+
+def _step(row: dict) -> int | None:
+    try:
+        return int(float(row["step"]))
+    except (TypeError, ValueError, KeyError):
+        return None  # a row cut short by a kill mid-write
+
+
+def peak_memory() -> dict:
+    """CUDA peak allocation on a GPU; otherwise this process's peak resident memory."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_kind": "cuda peak allocated"}
+    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "memory_kind": "process peak RSS"}
+
+
+def write_card(out: Path, kind: str, config, steps: int, final_losses: dict, train_seconds: float,
+               trainable_params: int, **result) -> dict:
+    """card.json, one schema for every trainer; `result` holds what this kind of run adds."""
+    card = {"kind": kind, "steps": steps, "final_losses": final_losses, "train_seconds": round(train_seconds, 1),
+            **peak_memory(), "threads": torch.get_num_threads(), "trainable_params": trainable_params, "result": result,
+            "config": asdict(config)}
+    (Path(out) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def save_validation(path: Path, rows, log: "MetricsLog | None" = None, step: int | None = None) -> None:
+    """The validation grid at `path`, and to the run's trackers (through its metrics log) at `step`."""
+    from studio.images import grid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = grid(rows)
+    image.save(path)
+    if log is not None and log.trackers is not None:
+        log.trackers.image("validation", image, step)
+
+
+class StopOnSigterm:
+    """Turns SIGTERM into a flag the loop checks between steps, so a cancel loses no work.
+
+    Only for single-process runs: ranks could see the signal at different steps
+    and wait for each other forever at the checkpoint barrier.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.requested = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self.previous)
