@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_kind_command(commands, kind)
     add_jobs_commands(commands, wrap_run=uses_toy_world)
 
+    add_toy_commands(commands)
+    return parser
+
+
+def add_toy_commands(commands) -> None:
+    """`python -m studio toy ...`: the toy world's data, models and reports (each imports the toy world when run)."""
     toy = commands.add_parser("toy", help="the toy world: procedural data, a tiny teacher, a judge")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
     data = toy_commands.add_parser("data", help="export procedural shapes in the imagefolder layout")
@@ -320,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     vae_decoder.add_argument("--lr", type=float, default=3e-4)
     vae_decoder.set_defaults(run=uses_toy_world(cmd_toy_vae_decoder))
 
+    add_toy_reports(toy_commands)
+
+
+def add_toy_reports(toy_commands) -> None:
+    """The toy world's reports and shipped models: recipes, students, lcm, ablation, dreambooth, judge."""
     recipes = toy_commands.add_parser("recipes", help="judge accuracy and fidelity of every toy model x recipe")
     recipes.add_argument("--models", nargs="+", help="default: the teacher and its three students")
     recipes.add_argument("--recipes", nargs="+",
@@ -368,7 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--recipe", default="paper", help="a preset, optionally with :knob=value overrides")
     judge.add_argument("--json", action="store_true")
     judge.set_defaults(run=uses_toy_world(cmd_toy_judge))
-    return parser
 
 
 def user_error_types() -> tuple[type, ...]:
