@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from studio.limits import MAX_PHOTO_BYTES, MAX_PHOTOS
+from studio.limits import MAX_PHOTO_BYTES, MAX_PHOTOS, OPTIMIZER_STATE_BYTES
 
 GB = 1024**3
 FLOAT_BYTES = 4  # fp32 weights and optimizer states
@@ -104,12 +104,14 @@ def check_disk(estimate: dict[str, int], folder: Path, limits: JobLimits, owner_
                          "Old jobs expire, or choose a smaller job")
 
 
-def training_memory(frozen_bytes: int, trainable_params: int, activation_bytes: int, copies: int = 0) -> dict:
+def training_memory(frozen_bytes: int, trainable_params: int, activation_bytes: int, copies: int = 0,
+                    optimizer: str = "adamw") -> dict:
     """A training job's peak memory, an estimate: the process, its frozen models, what trains (weights, gradients,
-    AdamW's two moments, and `copies` more, e.g. an EMA or a target network) and the activations kept for
+    the optimizer's two moments, and `copies` more, e.g. an EMA or a target network) and the activations kept for
     the backward pass."""
-    return {"process": PROCESS_BYTES, "frozen models": frozen_bytes,
-            "training": trainable_params * FLOAT_BYTES * (2 + ADAMW_STATES + copies), "activations": activation_bytes}
+    training = trainable_params * (FLOAT_BYTES * (2 + copies) + OPTIMIZER_STATE_BYTES[optimizer])
+    return {"process": PROCESS_BYTES, "frozen models": frozen_bytes, "training": training,
+            "activations": activation_bytes}
 
 
 def check_memory(estimate: dict[str, int], reserved: int) -> None:

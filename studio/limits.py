@@ -19,3 +19,6 @@ MAX_IMAGE_PIXELS = 40_000_000
 SCHEDULER_NAMES = ("PNDM", "DDIM", "DPM-Solver++", "DPM++ 2M Karras", "UniPC", "Euler", "LCM")
 # Experiment trackers a training run can report to beside metrics.csv (studio/kinds/trackers.py).
 TRACKERS = ("tensorboard", "trackio", "wandb")
+# A training kind's optimizer: AdamW, or bitsandbytes' 8-bit AdamW (CUDA only); its moments' bytes per parameter.
+OPTIMIZERS = ("adamw", "adamw8bit")
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}

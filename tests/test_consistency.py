@@ -108,6 +108,17 @@ def test_resume_continues_exactly(tiny_pipeline_dir, small_student, tmp_path, mo
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_gradient_checkpointing_trains_the_same_student(tiny_pipeline_dir, small_student, tmp_path):
+    plain = consistency_distill(config(tiny_pipeline_dir, small_student, tmp_path / "plain", steps=2))
+    saving = consistency_distill(config(tiny_pipeline_dir, small_student, tmp_path / "saving", steps=2,
+                                        gradient_checkpointing=True))
+    for a, b in zip(metrics(plain), metrics(saving), strict=True):
+        assert float(a["loss_total"]) == pytest.approx(float(b["loss_total"]), rel=1e-5, abs=1e-7), (a, b)
+    a = UNet2DConditionModel.from_pretrained(plain / "unet").state_dict()
+    b = UNet2DConditionModel.from_pretrained(saving / "unet").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
 def test_the_lora_adapter_saves_as_safetensors_and_loads_into_a_pipeline(tiny_pipeline_dir, small_student, tmp_path):
     out = consistency_distill(config(tiny_pipeline_dir, small_student, tmp_path / "run", mode="lora", rank=4,
                                      alpha=4.0, lr=1e-2))

@@ -252,3 +252,44 @@ def test_two_processes_with_accelerate_launch(tiny_pipeline_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3]
     assert UNet2DConditionModel.from_pretrained(out / "unet").config.layers_per_block == 1
+
+
+def test_gradient_checkpointing_trains_the_same_student_with_feature_kd(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Recomputed activations in the backward pass: the feature-KD hooks still see the forward's features, and the
+    losses and the student come out as without it (Tiny's pairs include an attention's proj_out)."""
+    import torch.utils.checkpoint
+
+    plain = distill(config(tiny_pipeline_dir, tmp_path / "plain", arch="tiny", steps=3))
+    calls, checkpoint = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    saving = distill(config(tiny_pipeline_dir, tmp_path / "saving", arch="tiny", steps=3, gradient_checkpointing=True))
+    assert calls  # the student's blocks ran checkpointed
+    for a, b in zip(metrics(plain), metrics(saving), strict=True):
+        for term in ("loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"):
+            assert float(a[term]) == pytest.approx(float(b[term]), rel=1e-5, abs=1e-7), (term, a, b)
+    assert float(metrics(saving)[0]["loss_feat_kd"]) > 0
+    a = UNet2DConditionModel.from_pretrained(plain / "unet").state_dict()
+    b = UNet2DConditionModel.from_pretrained(saving / "unet").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_eight_bit_adamw_is_refused_where_it_cannot_run(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"optimizer: adamw8bit \(bitsandbytes' 8-bit AdamW\) needs a CUDA GPU"):
+        distill(config(tiny_pipeline_dir, tmp_path / "run", optimizer="adamw8bit"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_memory_estimate_follows_the_switches(catalog):
+    from studio.kinds.distillation.kind import estimate_bytes, estimate_memory
+
+    base = dict(teacher="sd-v1.4", arch="small", data="toy", out="-", batch_size=64)
+    plain = estimate_memory(DistillConfig(**base), catalog)
+    saving = estimate_memory(DistillConfig(**base, gradient_checkpointing=True), catalog)
+    eight_bit = estimate_memory(DistillConfig(**base, optimizer="adamw8bit"), catalog)
+    # Checkpointing keeps block inputs and one block's insides: at SD-v1.4 Small, batch 64, well under half.
+    assert saving["activations"] < plain["activations"] / 2 and saving["training"] == plain["training"]
+    params = plain["training"] // (4 * 2 + 8)  # weights and gradients in fp32, AdamW's two fp32 moments
+    assert plain["training"] - eight_bit["training"] == params * 6  # 8-bit moments: 2 bytes a parameter, not 8
+    disk = estimate_bytes(DistillConfig(**base), catalog)["checkpoints"]
+    assert estimate_bytes(DistillConfig(**base, optimizer="adamw8bit"), catalog)["checkpoints"] < disk

@@ -32,6 +32,38 @@ from safetensors.torch import load_file, save_file
 SEED_MIX = 1_000_003
 
 
+def check_optimizer(name: str) -> None:
+    """8-bit AdamW is bitsandbytes' and runs on CUDA only: refused before a run starts where it can't run."""
+    import importlib.util
+
+    if name != "adamw8bit":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError("optimizer: adamw8bit (bitsandbytes' 8-bit AdamW) needs a CUDA GPU and this machine has "
+                         "none; use adamw")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("optimizer: adamw8bit needs the bitsandbytes package, which is not installed "
+                         "(pip install bitsandbytes)")
+
+
+def make_optimizer(parameters, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def memory_switches(unet, gradient_checkpointing: bool, tf32: bool) -> None:
+    """Gradient checkpointing on the U-Net that trains (its blocks' activations are recomputed in the backward
+    pass); TF32 matmuls and convolutions where CUDA runs them (Ampere and newer), nothing elsewhere."""
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class TrainingError(RuntimeError):
     """A run that had to stop; its last good checkpoint and its logs are kept."""
 

@@ -129,19 +129,42 @@ def _forward_with_hooks(unet: UNet2DConditionModel, latent_size: tuple[int, int]
 
 
 def unet_activation_bytes(unet: UNet2DConditionModel, latent_size: tuple[int, int], batch: int = 1,
-                          text_tokens: int = DEFAULT_TEXT_TOKENS, bytes_per_value: int = 4) -> int:
+                          text_tokens: int = DEFAULT_TEXT_TOKENS, bytes_per_value: int = 4,
+                          checkpointing: bool = False) -> int:
     """What a training forward keeps for the backward pass, roughly: the output of every leaf module (convolutions,
     linears, norms, activations), counted on meta tensors. Attention probabilities are not leaf outputs and are
-    left out (at 64x64 latents they would add batch x heads x 4096^2 values per attention layer)."""
-    total = [0]
+    left out (at 64x64 latents they would add batch x heads x 4096^2 values per attention layer).
 
-    def on_leaf(_module, _inputs, output):
+    With gradient checkpointing, diffusers recomputes each resnet and transformer block in the backward pass: such a
+    block keeps only its input, and the largest block's own activations exist once, while it is recomputed."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D
+
+    checkpointed = (ResnetBlock2D, BasicTransformerBlock) if checkpointing else ()
+    outside, inputs, inside = [0], [0], {}
+    owner = {}  # leaf -> the checkpointed block it runs in
+    for block in unet.modules():
+        if isinstance(block, checkpointed):
+            for leaf in block.modules():
+                owner.setdefault(leaf, block)
+
+    def on_leaf(module, _inputs, output):
         if isinstance(output, torch.Tensor):
-            total[0] += output.numel()
+            block = owner.get(module)
+            if block is None:
+                outside[0] += output.numel()
+            else:
+                inside[block] = inside.get(block, 0) + output.numel()
 
-    handles = [m.register_forward_hook(on_leaf) for m in unet.modules() if not any(True for _ in m.children())]
+    def on_block(_module, args, _output):
+        if args and isinstance(args[0], torch.Tensor):
+            inputs[0] += args[0].numel()
+
+    leaves = [m for m in unet.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(on_leaf) for m in leaves]
+    handles += [m.register_forward_hook(on_block) for m in unet.modules() if isinstance(m, checkpointed)]
     _forward_with_hooks(unet, latent_size, batch, text_tokens, handles)
-    return total[0] * bytes_per_value
+    return (outside[0] + inputs[0] + max(inside.values(), default=0)) * bytes_per_value
 
 
 def component_params(configs: dict) -> dict:

@@ -7,7 +7,7 @@ target with decay 0.95, the pseudo-Huber loss with c = 0.001, LoRA rank 64.
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, OPTIMIZERS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 VALIDATION_STEPS = (1, 2, 4)  # the validation grid's rows: LCM sampling with this many steps
@@ -37,6 +37,11 @@ class ConsistencyConfig:
     lr: float = option(1e-6, "learning rate (AdamW, constant; LCM's full distillation: 1e-6, LoRA: 1e-4)",
                        label="learning rate", above=0, max=1.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0, max=1.0)
+    gradient_checkpointing: bool = option(False, "recompute the training U-Net's block activations in the backward "
+                                          "pass: less memory, more compute", label="gradient checkpointing")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only: 8-bit moments, a quarter of "
+                                     "AdamW's state memory)", choices=OPTIMIZERS)
+    tf32: bool = option(False, "TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect elsewhere")
     max_grad_norm: float = option(1.0, "gradient clipping", above=0)
     rank: int = option(64, "LoRA rank (--mode lora)", min=1, max=1024)
     alpha: float = option(64.0, "LoRA alpha (--mode lora)", above=0)
@@ -69,9 +74,11 @@ class ConsistencyConfig:
 
     def check(self) -> None:
         from studio.kinds.trackers import check_trackers
+        from studio.kinds.training import check_optimizer
         from studio.models.compression import resolve_spec
 
         check_fields(self)
+        check_optimizer(self.optimizer)
         check_trackers(self.report_to)
         resolve_spec(self.arch)
         if self.guidance_min > self.guidance_max:

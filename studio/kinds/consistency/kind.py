@@ -1,8 +1,9 @@
 """Consistency distillation as a job kind (studio/kinds/base.py): a student that samples in 1-4 steps (LCM)."""
 
-from studio.budget import ADAMW_STATES, FLOAT_BYTES, METRICS_ROW_BYTES, checkpoints_kept, image_bytes
+from studio.budget import FLOAT_BYTES, METRICS_ROW_BYTES, checkpoints_kept, image_bytes
 from studio.kinds.base import JobKind
 from studio.kinds.consistency.config import VALIDATION_STEPS, ConsistencyConfig
+from studio.limits import OPTIMIZER_STATE_BYTES
 
 
 def run(config: ConsistencyConfig, callback=None) -> str:
@@ -14,7 +15,7 @@ def run(config: ConsistencyConfig, callback=None) -> str:
 
 
 def estimate_bytes(config: ConsistencyConfig, catalog) -> dict[str, int]:
-    """Checkpoints (what trains with AdamW's moments, and the target network), the result (a whole U-Net either
+    """Checkpoints (what trains with the optimizer's moments, and the target network), the result (a whole U-Net either
     way, and the adapter), teacher images, validation grids and metrics rows."""
     from studio.models.adapters import lora_params
     from studio.models.catalog import read_configs
@@ -27,7 +28,8 @@ def estimate_bytes(config: ConsistencyConfig, catalog) -> dict[str, int]:
     unet = meta_unet(unet_config)
     params = count_params(unet)
     trainable = lora_params(unet, config.rank) if config.lora else params
-    per_checkpoint = trainable * FLOAT_BYTES * (1 + ADAMW_STATES) + (0 if config.lora else params * FLOAT_BYTES)
+    per_checkpoint = trainable * (FLOAT_BYTES + OPTIMIZER_STATE_BYTES[config.optimizer]) + \
+        (0 if config.lora else params * FLOAT_BYTES)
     resolution = input_geometry(configs).resolution
     grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0
     return {"checkpoints": checkpoints_kept(config) * per_checkpoint,
@@ -53,8 +55,10 @@ def estimate_memory(config: ConsistencyConfig, catalog) -> dict[str, int]:
     frozen = count_params(meta_unet(configs["unet"])) + sum(n or 0 for n in component_params(configs).values())
     frozen += count_params(student) if config.lora else 0
     trainable = lora_params(student, config.rank) if config.lora else count_params(student)
-    return training_memory(frozen * FLOAT_BYTES, trainable, unet_activation_bytes(
-        student, (geometry.latent,) * 2, config.batch_size, geometry.text_tokens), copies=0 if config.lora else 1)
+    activations = unet_activation_bytes(student, (geometry.latent,) * 2, config.batch_size, geometry.text_tokens,
+                                        checkpointing=config.gradient_checkpointing)
+    return training_memory(frozen * FLOAT_BYTES, trainable, activations, copies=0 if config.lora else 1,
+                           optimizer=config.optimizer)
 
 
 KIND = JobKind(

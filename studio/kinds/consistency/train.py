@@ -27,7 +27,8 @@ from studio.kinds.data import family_sampling, open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
-    latest_checkpoint, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler, write_card,
+    latest_checkpoint, make_optimizer, memory_switches, save_checkpoint, save_validation, step_generator, tokenize,
+    training_scheduler, write_card,
 )
 from studio.models.loading import load_pipeline, load_unet, share_components
 from studio.progress import Callback, report
@@ -97,8 +98,9 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
         student = with_guidance_embedding(student, config.embedding_dim)
         target = copy.deepcopy(student).requires_grad_(False)
     student.train()
+    memory_switches(student, config.gradient_checkpointing, config.tf32)
     trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(trainable, config.optimizer, config.lr, config.weight_decay)
     data = open_training_data(config.data, teacher, out, config.synthetic, config.seed,
                               *family_sampling(config.teacher), callback=callback)
 

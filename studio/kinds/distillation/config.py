@@ -6,7 +6,7 @@ from this dataclass (see studio/options.py).
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, OPTIMIZERS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 
@@ -33,6 +33,11 @@ class DistillConfig:
     batch_size: int = option(8, "per process", label="batch size", min=1, max=1024)
     lr: float = option(5e-5, "learning rate (the paper's: constant, AdamW)", label="learning rate", above=0, max=1.0)
     weight_decay: float = option(1e-2, "AdamW weight decay", min=0, max=1.0)
+    gradient_checkpointing: bool = option(False, "recompute the training U-Net's block activations in the backward "
+                                          "pass: less memory, more compute", label="gradient checkpointing")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only: 8-bit moments, a quarter of "
+                                     "AdamW's state memory)", choices=OPTIMIZERS)
+    tf32: bool = option(False, "TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect elsewhere")
     grad_accum: int = option(1, "gradient accumulation steps", min=1, max=1024)
     max_grad_norm: float = option(1.0, "gradient clipping", above=0)
     mixed_precision: str = option("no", "autocast for the student", choices=("no", "fp16", "bf16"))
@@ -62,11 +67,12 @@ class DistillConfig:
         return KDWeights(task=self.lambda_task, out=self.lambda_out, feat=self.lambda_feat)
 
     def check(self) -> None:
+        from studio.kinds.trackers import check_trackers
+        from studio.kinds.training import check_optimizer
         from studio.models.compression import resolve_spec
 
-        from studio.kinds.trackers import check_trackers
-
         check_fields(self)
+        check_optimizer(self.optimizer)
         check_trackers(self.report_to)
         resolve_spec(self.arch)
         if self.lambda_task == self.lambda_out == self.lambda_feat == 0:

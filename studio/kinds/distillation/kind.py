@@ -1,8 +1,9 @@
 """Distillation as a job kind (studio/kinds/base.py): the block-removed student, distilled from its teacher."""
 
-from studio.budget import ADAMW_STATES, FLOAT_BYTES, METRICS_ROW_BYTES, TEACHER_BYTES, checkpoints_kept, image_bytes
+from studio.budget import FLOAT_BYTES, METRICS_ROW_BYTES, TEACHER_BYTES, checkpoints_kept, image_bytes
 from studio.kinds.base import JobKind
 from studio.kinds.distillation.config import DistillConfig
+from studio.limits import OPTIMIZER_STATE_BYTES
 
 
 def run(config: DistillConfig, callback=None) -> str:
@@ -13,14 +14,14 @@ def run(config: DistillConfig, callback=None) -> str:
 
 
 def estimate_bytes(config: DistillConfig, catalog) -> dict[str, int]:
-    """Checkpoints (student, AdamW's two moments, the EMA), the result, validation grids and metrics rows."""
+    """Checkpoints (student, the optimizer's two moments, the EMA), the result, validation grids and metrics rows."""
     from studio.models.catalog import read_configs
     from studio.models.compression import student_config
     from studio.models.profiling import count_params, input_geometry, meta_unet
 
     configs = read_configs(config.teacher, catalog)
     params = count_params(meta_unet(student_config(configs["unet"], config.arch)))
-    per_checkpoint = params * FLOAT_BYTES * (1 + ADAMW_STATES + (1 if config.ema else 0))
+    per_checkpoint = params * (FLOAT_BYTES * (1 + (1 if config.ema else 0)) + OPTIMIZER_STATE_BYTES[config.optimizer])
     resolution = input_geometry(configs).resolution
     grids = -(-config.steps // config.checkpoint_every) if config.validation_prompts else 0  # one per checkpoint
     return {"checkpoints": checkpoints_kept(config) * per_checkpoint, "result": params * FLOAT_BYTES,
@@ -39,9 +40,10 @@ def estimate_memory(config: DistillConfig, catalog) -> dict[str, int]:
     student = meta_unet(student_config(configs["unet"], config.arch))
     geometry = input_geometry(configs)
     frozen = count_params(meta_unet(configs["unet"])) + sum(n or 0 for n in component_params(configs).values())
-    return training_memory(frozen * TEACHER_BYTES[config.teacher_dtype], count_params(student),
-                           unet_activation_bytes(student, (geometry.latent,) * 2, config.batch_size,
-                                                 geometry.text_tokens), copies=1 if config.ema else 0)
+    activations = unet_activation_bytes(student, (geometry.latent,) * 2, config.batch_size, geometry.text_tokens,
+                                        checkpointing=config.gradient_checkpointing)
+    return training_memory(frozen * TEACHER_BYTES[config.teacher_dtype], count_params(student), activations,
+                           copies=1 if config.ema else 0, optimizer=config.optimizer)
 
 
 KIND = JobKind(

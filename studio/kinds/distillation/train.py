@@ -26,8 +26,8 @@ from studio.kinds.distillation.objective import capture_outputs, feature_pairs, 
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
-    latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler,
-    write_card,
+    latest_checkpoint, make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, step_generator,
+    tokenize, training_scheduler, write_card,
 )
 from studio.models.compression import build_student, plan_student
 from studio.models.loading import load_pipeline, share_components
@@ -64,7 +64,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         torch.manual_seed(config.seed)
         student = type(student).from_config(student.config).to(device)
     pairs = feature_pairs(plan) if config.lambda_feat > 0 else []
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    memory_switches(student, config.gradient_checkpointing, config.tf32)
+    optimizer = make_optimizer(student.parameters(), config.optimizer, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant, as in the paper
     ema = None
     if config.ema:

@@ -42,7 +42,7 @@ def estimate_bytes(config: DreamBoothConfig, catalog) -> dict[str, int]:
 
 def estimate_memory(config: DreamBoothConfig, catalog) -> dict[str, int]:
     """The model (frozen under LoRA), what trains, and the U-Net's activations for an instance and a class image
-    (prior preservation doubles the batch; gradient checkpointing, on by default, keeps less, not counted)."""
+    (prior preservation doubles the batch; gradient checkpointing, on by default, keeps block inputs only)."""
     from studio.budget import training_memory
     from studio.models.catalog import read_configs
     from studio.models.profiling import component_params, count_params, input_geometry, meta_unet, unet_activation_bytes
@@ -56,7 +56,8 @@ def estimate_memory(config: DreamBoothConfig, catalog) -> dict[str, int]:
     frozen = others + (count_params(unet) if lora else 0)
     batch = 2 if config.class_images else 1
     return training_memory(frozen * FLOAT_BYTES, trainable,
-                           unet_activation_bytes(unet, (geometry.latent,) * 2, batch, geometry.text_tokens))
+                           unet_activation_bytes(unet, (geometry.latent,) * 2, batch, geometry.text_tokens,
+                                                 checkpointing=config.gradient_checkpointing))
 
 
 KIND = JobKind(
