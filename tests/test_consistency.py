@@ -119,6 +119,23 @@ def test_gradient_checkpointing_trains_the_same_student(tiny_pipeline_dir, small
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
+def test_loader_workers_train_the_same_student_and_resume_in_step(tiny_pipeline_dir, small_student, tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"thing {i}"}) + "\n"
+                                                   for i in range(10)))
+    in_loop = consistency_distill(config(tiny_pipeline_dir, small_student, tmp_path / "loop", data=str(folder)))
+    part = tmp_path / "part"
+    consistency_distill(config(tiny_pipeline_dir, small_student, part, data=str(folder), data_workers=2, steps=2))
+    consistency_distill(config(tiny_pipeline_dir, small_student, part, data=str(folder), data_workers=2, resume=True))
+    assert [r["loss_total"] for r in metrics(part)] == [r["loss_total"] for r in metrics(in_loop)]
+
+
 def test_the_lora_adapter_saves_as_safetensors_and_loads_into_a_pipeline(tiny_pipeline_dir, small_student, tmp_path):
     out = consistency_distill(config(tiny_pipeline_dir, small_student, tmp_path / "run", mode="lora", rank=4,
                                      alpha=4.0, lr=1e-2))

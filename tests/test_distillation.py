@@ -293,3 +293,40 @@ def test_the_memory_estimate_follows_the_switches(catalog):
     assert plain["training"] - eight_bit["training"] == params * 6  # 8-bit moments: 2 bytes a parameter, not 8
     disk = estimate_bytes(DistillConfig(**base), catalog)["checkpoints"]
     assert estimate_bytes(DistillConfig(**base, optimizer="adamw8bit"), catalog)["checkpoints"] < disk
+
+
+def test_loader_workers_decode_ahead_and_train_the_same_student(tiny_pipeline_dir, tmp_path):
+    """--data-workers 2 decodes an imagefolder's batches in DataLoader processes, from the same draws as the loop
+    does: the losses and the student equal those of decoding in the loop, and a resumed run picks the draws up where
+    it stopped."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pictures = {f"{i}.png": Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for i in range(12)}
+    rows = [{"file_name": name, "text": f"thing {i}"} for i, name in enumerate(pictures)]
+    folder = str(write_folder(tmp_path / "data", rows, pictures))
+    in_loop = distill(config(tiny_pipeline_dir, tmp_path / "loop", data=folder, grad_accum=2))
+    workers = distill(config(tiny_pipeline_dir, tmp_path / "workers", data=folder, grad_accum=2, data_workers=2))
+    part = tmp_path / "part"
+    distill(config(tiny_pipeline_dir, part, data=folder, grad_accum=2, data_workers=2, steps=2))
+    distill(config(tiny_pipeline_dir, part, data=folder, grad_accum=2, data_workers=2, resume=True))
+    for run in (workers, part):
+        assert [r["loss_total"] for r in metrics(run)] == [r["loss_total"] for r in metrics(in_loop)]
+        a = UNet2DConditionModel.from_pretrained(in_loop / "unet").state_dict()
+        b = UNet2DConditionModel.from_pretrained(run / "unet").state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+
+
+def test_the_prefetcher_refuses_a_batch_out_of_step(tmp_path):
+    import random
+
+    from studio.kinds.data import prefetched
+
+    red = Image.new("RGB", (40, 30), (255, 0, 0))
+    rows = [{"file_name": f"{i}.png", "text": f"thing {i}"} for i in range(8)]
+    data = ImageFolderData(write_folder(tmp_path / "ok", rows, {f"{i}.png": red for i in range(8)}), 32)
+    loader = prefetched(data, 1, 3, lambda draw: random.Random(draw), first=0)
+    images, captions = loader.batch(3, random.Random(0))
+    assert captions == data.batch(3, random.Random(0))[1] and images.shape == (3, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="the prefetched batch is not the one the run asked for"):
+        loader.batch(3, random.Random(99))  # the loader decoded draw 1's rows

@@ -1,4 +1,5 @@
-"""`python -m studio bench ...`: latency benchmarks that print measured numbers (U-Net, whole images, CPU contention)."""
+"""`python -m studio bench ...`: benchmarks that print measured numbers (U-Net, whole images, training data, CPU
+contention, memory)."""
 
 import json
 import sys
@@ -69,9 +70,28 @@ def cmd_bench_memory(args) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
+def cmd_bench_data(args) -> None:
+    from studio.bench.data import bench_data, format_report
+
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    report = bench_data(args.resolution, args.batch, tuple(args.workers), args.images, args.batches, args.warmup,
+                        args.rounds, log=log)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
 def add_bench_commands(commands, add_model_args) -> None:
     bench = commands.add_parser("bench", help="latency benchmarks")
     bench_targets = bench.add_subparsers(dest="target", required=True)
+    data = bench_targets.add_parser("data", help="training batches decoded in the loop and by loader workers")
+    data.add_argument("--resolution", type=int, default=512)
+    data.add_argument("--batch", type=int, default=8)
+    data.add_argument("--workers", type=int, nargs="+", default=[2], help="loader worker counts to time")
+    data.add_argument("--images", type=int, default=64, help="JPEGs in the imagefolder")
+    data.add_argument("--batches", type=int, default=8, help="timed batches per setting and round")
+    data.add_argument("--warmup", type=int, default=2)
+    data.add_argument("--rounds", type=int, default=3)
+    data.add_argument("--json", action="store_true")
+    data.set_defaults(run=cmd_bench_data)
     unet = bench_targets.add_parser("unet", help="one U-Net forward: teacher against each student")
     add_model_args(unet)
     unet.add_argument("--warmup", type=int, default=1)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from studio.images import ImageTooLarge, check_pixels, square, to_tensor
+from studio.images import ImageTooLarge, check_pixels, square, to_uint8_tensor, to_unit_range
 
 MAX_BAD_FRACTION = 0.1
 
@@ -83,13 +83,85 @@ class ImageFolderData:
     def captions(self, size: int, rng: random.Random) -> list[str]:
         return [self.rows[rng.randrange(len(self.rows))]["text"] for _ in range(size)]
 
-    def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        rows = [self.rows[rng.randrange(len(self.rows))] for _ in range(size)]
+    def plan(self, size: int, rng: random.Random) -> tuple[tuple[int, bool], ...]:
+        """Which rows a batch holds and which are mirrored: all of `rng`'s draws for it, none of the decoding."""
+        rows = [rng.randrange(len(self.rows)) for _ in range(size)]
+        return tuple((row, rng.random() < 0.5) for row in rows)
+
+    def load(self, plan) -> tuple[torch.Tensor, list[str]]:
+        """Decode a planned batch: (uint8 images, captions); `to_unit_range` makes them the model's [-1, 1]."""
         images = []
-        for row in rows:
-            with Image.open(row["path"]) as image:
-                images.append(to_tensor(square(image, self.resolution), flip=rng.random() < 0.5))
-        return torch.stack(images), [r["text"] for r in rows]
+        for row, flip in plan:
+            with Image.open(self.rows[row]["path"]) as image:
+                images.append(to_uint8_tensor(square(image, self.resolution), flip=flip))
+        return torch.stack(images), [self.rows[row]["text"] for row, _ in plan]
+
+    def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        images, captions = self.load(self.plan(size, rng))
+        return to_unit_range(images), captions
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    """A DataLoader's view of a source: item `plan` is that batch, decoded in a worker."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __getitem__(self, plan):
+        images, captions = self.data.load(plan)
+        return plan, images, captions
+
+
+class _Plans(torch.utils.data.Sampler):
+    """The plans of draws `first`, `first + 1`, ...: draw k's rows come from the rng the trainer will pass for it."""
+
+    def __init__(self, data, size: int, rng_for_draw: Callable[[int], random.Random], first: int):
+        self.data, self.size, self.rng_for_draw, self.first = data, size, rng_for_draw, first
+
+    def __iter__(self):
+        draw = self.first
+        while True:
+            yield self.data.plan(self.size, self.rng_for_draw(draw))
+            draw += 1
+
+
+class Prefetched:
+    """A source whose batches are decoded ahead of the training loop by `workers` DataLoader processes. The trainer
+    asks as before (`batch(size, rng)`): the rng is drawn from exactly as the source would (its `plan`), and the
+    batch decoded for that plan is handed over, so a run's images do not depend on the number of workers.
+    `wait_seconds` adds up the time the loop waited for data."""
+
+    def __init__(self, data, workers: int, size: int, rng_for_draw: Callable[[int], random.Random], first: int,
+                 pin_memory: bool = False):
+        self.data, self.skipped, self.wait_seconds = data, data.skipped, 0.0
+        loader = torch.utils.data.DataLoader(_PlannedBatches(data), sampler=_Plans(data, size, rng_for_draw, first),
+                                             batch_size=None, num_workers=workers, prefetch_factor=2,
+                                             pin_memory=pin_memory, persistent_workers=True)
+        self._batches = iter(loader)
+
+    def captions(self, size: int, rng: random.Random) -> list[str]:
+        return self.data.captions(size, rng)
+
+    def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        import time
+
+        plan = self.data.plan(size, rng)
+        started = time.perf_counter()
+        made, images, captions = next(self._batches)
+        self.wait_seconds += time.perf_counter() - started
+        if tuple(map(tuple, made)) != plan:
+            raise RuntimeError("data loader: the prefetched batch is not the one the run asked for (the draws "
+                               "went out of step)")
+        return to_unit_range(images), list(captions)
+
+
+def prefetched(data, workers: int, size: int, rng_for_draw: Callable[[int], random.Random], first: int,
+               pin_memory: bool = False):
+    """`data` with its batches decoded ahead in `workers` processes where it can be (a source with `plan` and
+    `load`, such as an imagefolder); as it is otherwise, or with no workers."""
+    if workers <= 0 or not (hasattr(data, "plan") and hasattr(data, "load")):
+        return data
+    return Prefetched(data, workers, size, rng_for_draw, first, pin_memory)
 
 
 DATA_SOURCES: dict[str, Callable] = {}

@@ -23,7 +23,7 @@ from studio.kinds.consistency.config import VALIDATION_STEPS, ConsistencyConfig
 from studio.kinds.consistency.objective import (
     SkippingSolver, boundary_scalings, guidance_embedding, pseudo_huber, x0_and_noise,
 )
-from studio.kinds.data import family_sampling, open_training_data
+from studio.kinds.data import family_sampling, open_training_data, prefetched
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
@@ -128,6 +128,8 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     alphas_cumprod = alphas_cumprod.to(device)
     solver.alphas_cumprod, solver.alpha_prev = alphas_cumprod, solver.alpha_prev.to(device)
     empty_context = teacher.text_encoder(tokenize(teacher.tokenizer, [""]).to(device))[0]
+    data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_generator(config.seed, draw)[0],
+                      start_step, pin_memory=device.type == "cuda")
     loop_started, loss = time.perf_counter(), torch.tensor(float("nan"))
     with StopOnSigterm() as stop:
         for step in range(start_step, config.steps):

@@ -33,6 +33,8 @@ class DistillConfig:
     batch_size: int = option(8, "per process", label="batch size", min=1, max=1024)
     lr: float = option(5e-5, "learning rate (the paper's: constant, AdamW)", label="learning rate", above=0, max=1.0)
     weight_decay: float = option(1e-2, "AdamW weight decay", min=0, max=1.0)
+    data_workers: int = option(0, "processes that decode an imagefolder's batches ahead of the training loop (0: in "
+                                  "the loop); the images are the same either way", label="data workers", min=0, max=32)
     gradient_checkpointing: bool = option(False, "recompute the training U-Net's block activations in the backward "
                                           "pass: less memory, more compute", label="gradient checkpointing")
     optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only: 8-bit moments, a quarter of "

@@ -20,7 +20,7 @@ import torch
 
 from studio.inference.devices import DTYPES
 from studio.inference.generation import sample
-from studio.kinds.data import family_sampling, open_training_data
+from studio.kinds.data import family_sampling, open_training_data, prefetched
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
 from studio.kinds.trackers import Trackers
@@ -88,6 +88,10 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             ema.optimization_step = checkpoint.step
         start_step = checkpoint.step
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    rank = accelerator.process_index
+    data = prefetched(data, config.data_workers, config.batch_size,
+                      lambda draw: step_generator(config.seed, draw, rank)[0], start_step * config.grad_accum,
+                      pin_memory=device.type == "cuda")
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
