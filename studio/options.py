@@ -54,8 +54,8 @@ def _kind(cls, f):
 
 def add_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
     """One flag per field of `cls` (but those in `exclude`): bools as --x/--no-x, tuples repeatable, lists
-    comma-separated."""
-    for f in fields(cls):
+    comma-separated. Keyword-only fields (switches a config inherits) come after the config's own."""
+    for f in sorted(fields(cls), key=lambda f: f.kw_only is True):
         if f.name in exclude:
             continue
         base, _, sequence = _kind(cls, f)

@@ -159,7 +159,8 @@ def _stream_key(scope) -> str | None:
 
 
 LISTENERS = Listeners()
-LISTEN_SECONDS = 3.0  # how long a queued request's handler waits for its caller to listen (they join, then listen)
+LISTEN_SECONDS = 5.0  # how long a queued request's handler waits for its caller to listen (they join, then listen;
+# a busy 2-core machine can take a second or more between the two)
 
 
 def check_listening(public: bool, request) -> None:

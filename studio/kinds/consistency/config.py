@@ -7,14 +7,15 @@ target with decay 0.95, the pseudo-Huber loss with c = 0.001, LoRA rank 64.
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, OPTIMIZERS, TRACKERS
+from studio.kinds.switches import TrainingSwitches
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 VALIDATION_STEPS = (1, 2, 4)  # the validation grid's rows: LCM sampling with this many steps
 
 
 @dataclass
-class ConsistencyConfig:
+class ConsistencyConfig(TrainingSwitches):
     teacher: str = option(REQUIRED, "the family's teacher: catalogue name or pipeline folder (text encoder, VAE, "
                                      "and the ODE teacher unless --ode-teacher student)", max_length=1000)
     arch: str = option(REQUIRED, "the student's block layout: base, small, tiny or custom:...", label="student",
@@ -37,13 +38,6 @@ class ConsistencyConfig:
     lr: float = option(1e-6, "learning rate (AdamW, constant; LCM's full distillation: 1e-6, LoRA: 1e-4)",
                        label="learning rate", above=0, max=1.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0, max=1.0)
-    data_workers: int = option(0, "processes that decode an imagefolder's batches ahead of the training loop (0: in "
-                                  "the loop); the images are the same either way", label="data workers", min=0, max=32)
-    gradient_checkpointing: bool = option(False, "recompute the training U-Net's block activations in the backward "
-                                          "pass: less memory, more compute", label="gradient checkpointing")
-    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only: 8-bit moments, a quarter of "
-                                     "AdamW's state memory)", choices=OPTIMIZERS)
-    tf32: bool = option(False, "TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect elsewhere")
     max_grad_norm: float = option(1.0, "gradient clipping", above=0)
     rank: int = option(64, "LoRA rank (--mode lora)", min=1, max=1024)
     alpha: float = option(64.0, "LoRA alpha (--mode lora)", above=0)

@@ -6,7 +6,8 @@ from this dataclass (see studio/options.py).
 
 from dataclasses import dataclass
 
-from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, OPTIMIZERS, TRACKERS
+from studio.kinds.switches import TrainingSwitches
+from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
 
 
@@ -18,7 +19,7 @@ class KDWeights:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainingSwitches):
     teacher: str = option(REQUIRED, "catalogue name or pipeline folder", max_length=1000)
     arch: str = option(REQUIRED, "base, small, tiny or custom:LAYERS[:no-mid][:no-innermost]", label="student",
                        max_length=200)
@@ -33,13 +34,6 @@ class DistillConfig:
     batch_size: int = option(8, "per process", label="batch size", min=1, max=1024)
     lr: float = option(5e-5, "learning rate (the paper's: constant, AdamW)", label="learning rate", above=0, max=1.0)
     weight_decay: float = option(1e-2, "AdamW weight decay", min=0, max=1.0)
-    data_workers: int = option(0, "processes that decode an imagefolder's batches ahead of the training loop (0: in "
-                                  "the loop); the images are the same either way", label="data workers", min=0, max=32)
-    gradient_checkpointing: bool = option(False, "recompute the training U-Net's block activations in the backward "
-                                          "pass: less memory, more compute", label="gradient checkpointing")
-    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA only: 8-bit moments, a quarter of "
-                                     "AdamW's state memory)", choices=OPTIMIZERS)
-    tf32: bool = option(False, "TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect elsewhere")
     grad_accum: int = option(1, "gradient accumulation steps", min=1, max=1024)
     max_grad_norm: float = option(1.0, "gradient clipping", above=0)
     mixed_precision: str = option("no", "autocast for the student", choices=("no", "fp16", "bf16"))
