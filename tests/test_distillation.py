@@ -241,16 +241,19 @@ def test_bad_flags_get_clear_errors(tiny_pipeline_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_with_accelerate_launch(tiny_pipeline_dir, tmp_path):
+def test_two_processes_on_one_machine(tiny_pipeline_dir, tmp_path):
+    """--processes 2: accelerate launch starts two ranks (gloo on a CPU) that share the CPU budget. (Before issue 35
+    this test ran `accelerate launch --cpu --num_processes 2`, which starts one process on a machine without CUDA.)"""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "small", "--data", "toy",
-               "--out", str(out), "--steps", "3", "--batch-size", "2", "--checkpoint-every", "3", "--log-every", "1"]
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    command = [sys.executable, "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "small",
+               "--data", "toy", "--out", str(out), "--steps", "3", "--batch-size", "2", "--checkpoint-every", "3",
+               "--log-every", "1", "--processes", "2", "--main-process-port", "29517"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "--num_cpu_threads_per_process 1" in result.stdout  # the 2 threads of the budget, split
     assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3]
+    assert json.loads((out / "card.json").read_text())["result"]["processes"] == 2
     assert UNet2DConditionModel.from_pretrained(out / "unet").config.layers_per_block == 1
 
 

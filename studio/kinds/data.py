@@ -89,16 +89,21 @@ class ImageFolderData:
         return tuple((row, rng.random() < 0.5) for row in rows)
 
     def load(self, plan) -> tuple[torch.Tensor, list[str]]:
-        """Decode a planned batch: (uint8 images, captions); `to_unit_range` makes them the model's [-1, 1]."""
+        """Decode a planned batch: (uint8 images, captions), what crosses from a loader worker."""
         images = []
         for row, flip in plan:
             with Image.open(self.rows[row]["path"]) as image:
                 images.append(to_uint8_tensor(square(image, self.resolution), flip=flip))
         return torch.stack(images), [self.rows[row]["text"] for row, _ in plan]
 
+    @staticmethod
+    def ready(loaded) -> tuple[torch.Tensor, list[str]]:
+        """A loaded batch as the trainer takes it: images in the model's [-1, 1]."""
+        images, captions = loaded
+        return to_unit_range(images), list(captions)
+
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        images, captions = self.load(self.plan(size, rng))
-        return to_unit_range(images), captions
+        return self.ready(self.load(self.plan(size, rng)))
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
@@ -108,8 +113,7 @@ class _PlannedBatches(torch.utils.data.Dataset):
         self.data = data
 
     def __getitem__(self, plan):
-        images, captions = self.data.load(plan)
-        return plan, images, captions
+        return plan, self.data.load(plan)
 
 
 class _Plans(torch.utils.data.Sampler):
@@ -147,12 +151,12 @@ class Prefetched:
 
         plan = self.data.plan(size, rng)
         started = time.perf_counter()
-        made, images, captions = next(self._batches)
+        made, loaded = next(self._batches)
         self.wait_seconds += time.perf_counter() - started
-        if tuple(map(tuple, made)) != plan:
+        if tuple(map(tuple, made)) != tuple(map(tuple, plan)):
             raise RuntimeError("data loader: the prefetched batch is not the one the run asked for (the draws "
                                "went out of step)")
-        return to_unit_range(images), list(captions)
+        return self.data.ready(loaded)
 
 
 def prefetched(data, workers: int, size: int, rng_for_draw: Callable[[int], random.Random], first: int,
@@ -164,6 +168,51 @@ def prefetched(data, workers: int, size: int, rng_for_draw: Callable[[int], rand
     return Prefetched(data, workers, size, rng_for_draw, first, pin_memory)
 
 
+class _PlannedSlice:
+    """This process's part of each global batch (processes ranked `rank` of `world`), of a source with plans: the
+    global batch is planned from the rng every process shares, and only this process's rows are loaded."""
+
+    def __init__(self, data, rank: int, world: int):
+        self.data, self.rank, self.world, self.skipped = data, rank, world, data.skipped
+
+    def plan(self, size: int, rng: random.Random):
+        return self.data.plan(size * self.world, rng)[self.rank * size:(self.rank + 1) * size]
+
+    def load(self, plan):
+        return self.data.load(plan)
+
+    def ready(self, loaded):
+        return self.data.ready(loaded)
+
+    def batch(self, size: int, rng: random.Random):
+        return self.ready(self.load(self.plan(size, rng)))
+
+    def captions(self, size: int, rng: random.Random) -> list[str]:
+        return self.data.captions(size, rng)
+
+
+class _DrawnSlice:
+    """This process's part of each global batch, of a source that only draws whole batches (the toy world's)."""
+
+    def __init__(self, data, rank: int, world: int):
+        self.data, self.rank, self.world, self.skipped = data, rank, world, data.skipped
+
+    def batch(self, size: int, rng: random.Random):
+        images, captions = self.data.batch(size * self.world, rng)
+        mine = slice(self.rank * size, (self.rank + 1) * size)
+        return images[mine], captions[mine]
+
+    def captions(self, size: int, rng: random.Random) -> list[str]:
+        return self.data.captions(size, rng)
+
+
+def rank_slice(data, rank: int, world: int):
+    """`data` as process `rank` of `world` reads it: its slice of the batch all processes draw together."""
+    if world == 1:
+        return data
+    return (_PlannedSlice if hasattr(data, "plan") else _DrawnSlice)(data, rank, world)
+
+
 DATA_SOURCES: dict[str, Callable] = {}
 
 
@@ -173,9 +222,14 @@ def register_data_source(name: str, factory: Callable) -> None:
 
 
 def open_data(source: str, resolution: int):
-    """A registered source by name, or an imagefolder path; checked before any training."""
+    """A registered source by name, a feature cache (studio/kinds/features.py) or an imagefolder path; checked before
+    any training."""
+    from studio.kinds.features import CachedFeatures, is_cache
+
     if source in DATA_SOURCES:
         return DATA_SOURCES[source](resolution)
+    if is_cache(source):
+        return CachedFeatures(source)
     return ImageFolderData(source, resolution)
 
 
@@ -210,10 +264,16 @@ def teacher_images(source, teacher, folder: Path, n: int, seed: int, steps: int,
 
 
 def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
-                       guidance: float = 7.5, callback=None):
+                       guidance: float = 7.5, callback=None, teacher_name: str | None = None):
     """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
-    captions, drawn once into OUT/synthetic."""
-    data = open_data(source, teacher.unet.config.sample_size * teacher.vae_scale_factor)
+    captions, drawn once into OUT/synthetic. A feature cache must be `teacher_name`'s at its resolution."""
+    resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
+    data = open_data(source, resolution)
+    if hasattr(data, "check_for"):
+        data.check_for(teacher_name, resolution)
+        if synthetic > 0:
+            raise DataError(f"--data {source} is a feature cache, which has no images to replace by the teacher's; "
+                            "draw the teacher's images first, then precompute a cache of them")
     if synthetic <= 0:
         return data
     if not hasattr(data, "captions"):

@@ -84,6 +84,37 @@ def step_generator(seed: int, step: int, rank: int = 0) -> tuple[random.Random, 
     return random.Random(mixed), torch.Generator().manual_seed(mixed)
 
 
+@dataclass
+class Draws:
+    """One step's random tensors for the global batch (every process's samples, in rank order), of which this
+    process keeps its own slice: N processes with batch B draw what one process with batch N * B draws, so a run
+    does not depend on how it is split. With one process, exactly the generator's own draws."""
+
+    generator: torch.Generator
+    rank: int = 0
+    world: int = 1
+
+    def _mine(self, whole: torch.Tensor) -> torch.Tensor:
+        size = len(whole) // self.world
+        return whole[self.rank * size:(self.rank + 1) * size]
+
+    def randn(self, shape, device=None, dtype=None) -> torch.Tensor:
+        whole = torch.randn((shape[0] * self.world, *shape[1:]), generator=self.generator, dtype=dtype)
+        return self._mine(whole).to(device)
+
+    def rand(self, n: int) -> torch.Tensor:
+        return self._mine(torch.rand(n * self.world, generator=self.generator))
+
+    def randint(self, high: int, n: int) -> torch.Tensor:
+        return self._mine(torch.randint(high, (n * self.world,), generator=self.generator))
+
+
+def step_draws(seed: int, draw: int, rank: int = 0, world: int = 1) -> tuple[random.Random, Draws]:
+    """The rng that picks draw `draw`'s global batch and the Draws of its tensors: the same on every process."""
+    rng, generator = step_generator(seed, draw)
+    return rng, Draws(generator, rank, world)
+
+
 def check_new_run(out: Path, resume: bool) -> None:
     if not resume and (out / "metrics.csv").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -103,15 +134,21 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return vae.encode(images).latent_dist.sample(generator) * vae.config.scaling_factor
+def encode_latents(vae, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+    """A sample of the VAE's latent distribution (diffusers' DiagonalGaussianDistribution.sample, with `draws`)."""
+    distribution = vae.encode(images).latent_dist
+    return sample_latents(distribution.mean, distribution.std, draws, vae.config.scaling_factor)
 
 
-def noisy_inputs(scheduler, latents: torch.Tensor, generator: torch.Generator):
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, draws: Draws, scaling_factor: float) -> torch.Tensor:
+    noise = draws.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+    return (mean + std * noise) * scaling_factor
+
+
+def noisy_inputs(scheduler, latents: torch.Tensor, draws: Draws):
     """(noisy latents, timesteps, target): the target is the noise, or the velocity for v-prediction."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-    timesteps = timesteps.to(latents.device)
+    noise = draws.randn(latents.shape, device=latents.device)
+    timesteps = draws.randint(scheduler.config.num_train_timesteps, len(latents)).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "epsilon":
         return noisy, timesteps, noise
@@ -259,8 +296,8 @@ def save_validation(path: Path, rows, log: "MetricsLog | None" = None, step: int
 class StopOnSigterm:
     """Turns SIGTERM into a flag the loop checks between steps, so a cancel loses no work.
 
-    Only for single-process runs: ranks could see the signal at different steps
-    and wait for each other forever at the checkpoint barrier.
+    Processes of one run can see the signal in different steps: a multi-process
+    trainer combines their flags every step, so all stop after the same one.
     """
 
     def __init__(self, enabled: bool = True):

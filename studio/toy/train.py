@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from studio.kinds.training import MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
+from studio.kinds.training import Draws, MetricsLog, check_finite, due, noisy_inputs, tokenize, write_card
 from studio.toy.data import batch_tensors
 from studio.toy.prompts import task_mix
 from studio.toy.world import SCHEDULE, build_components, zero_terminal_snr_betas
@@ -163,7 +163,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, log
         batch_ids = ids[index].clone()
         drop = torch.rand(len(index), generator=generator) < config.caption_dropout
         batch_ids[drop] = empty
-        noisy, timesteps, target = noisy_inputs(scheduler, z, generator)
+        noisy, timesteps, target = noisy_inputs(scheduler, z, Draws(generator))
         context = text_encoder(batch_ids)[0]
         loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, target)
         check_finite({"loss_total": loss}, step, Path(config.out))

@@ -24,11 +24,12 @@ from studio.kinds.consistency.objective import (
     SkippingSolver, boundary_scalings, guidance_embedding, pseudo_huber, x0_and_noise,
 )
 from studio.kinds.data import family_sampling, open_training_data, prefetched
+from studio.kinds.features import batch_inputs
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
-    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
-    latest_checkpoint, make_optimizer, memory_switches, save_checkpoint, save_validation, step_generator, tokenize,
-    training_scheduler, write_card,
+    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
+    make_optimizer, memory_switches, save_checkpoint, save_validation, step_draws, tokenize, training_scheduler,
+    write_card,
 )
 from studio.models.loading import load_pipeline, load_unet, share_components
 from studio.progress import Callback, report
@@ -102,7 +103,7 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config.optimizer, config.lr, config.weight_decay)
     data = open_training_data(config.data, teacher, out, config.synthetic, config.seed,
-                              *family_sampling(config.teacher), callback=callback)
+                              *family_sampling(config.teacher), callback=callback, teacher_name=config.teacher)
 
     checkpoint = latest_checkpoint(out) if config.resume else None
     start_step = 0
@@ -128,25 +129,23 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     alphas_cumprod = alphas_cumprod.to(device)
     solver.alphas_cumprod, solver.alpha_prev = alphas_cumprod, solver.alpha_prev.to(device)
     empty_context = teacher.text_encoder(tokenize(teacher.tokenizer, [""]).to(device))[0]
-    data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_generator(config.seed, draw)[0],
+    data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_draws(config.seed, draw)[0],
                       start_step, pin_memory=device.type == "cuda")
     loop_started, loss = time.perf_counter(), torch.tensor(float("nan"))
     with StopOnSigterm() as stop:
         for step in range(start_step, config.steps):
-            rng, generator = step_generator(config.seed, step)
-            images, captions = data.batch(config.batch_size, rng)
+            rng, draws = step_draws(config.seed, step)
             with torch.no_grad():
-                latents = encode_latents(teacher.vae, images.to(device), generator)
-                context = teacher.text_encoder(tokenize(teacher.tokenizer, captions).to(device))[0]
-                index, t, t_prev = (x.to(device) for x in solver.draw(len(latents), generator))
-                noise = torch.randn(latents.shape, generator=generator).to(device)
+                latents, context = batch_inputs(data.batch(config.batch_size, rng), teacher, draws, device)
+                index, t, t_prev = (x.to(device) for x in solver.draw(len(latents), draws.generator))
+                noise = draws.randn(latents.shape, device=device)
                 noisy = noise_scheduler.add_noise(latents, noise, t)
                 if config.lora:
                     guidance = torch.full((len(latents),), config.guidance_max, device=device)
                     cond = None
                 else:
                     guidance = (config.guidance_min + (config.guidance_max - config.guidance_min)
-                                * torch.rand(len(latents), generator=generator)).to(device)
+                                * draws.rand(len(latents))).to(device)
                     cond = guidance_embedding(guidance, config.embedding_dim).to(device)
 
             # The student's consistency function at t.

@@ -6,6 +6,7 @@ from this dataclass (see studio/options.py).
 
 from dataclasses import dataclass
 
+from studio.kinds.launch import LaunchOptions
 from studio.kinds.switches import TrainingSwitches
 from studio.limits import MAX_GUIDANCE, MAX_TRAINING_SEED, MAX_TRAINING_STEPS, TRACKERS
 from studio.options import REQUIRED, check_fields, option
@@ -19,11 +20,12 @@ class KDWeights:
 
 
 @dataclass
-class DistillConfig(TrainingSwitches):
+class DistillConfig(TrainingSwitches, LaunchOptions):
     teacher: str = option(REQUIRED, "catalogue name or pipeline folder", max_length=1000)
     arch: str = option(REQUIRED, "base, small, tiny or custom:LAYERS[:no-mid][:no-innermost]", label="student",
                        max_length=200)
-    data: str = option(REQUIRED, "an imagefolder (metadata.jsonl) or a registered source such as 'toy'",
+    data: str = option(REQUIRED, "an imagefolder (metadata.jsonl), a feature cache (python -m studio precompute) or "
+                                 "a registered source such as 'toy'",
                        max_length=1000)
     out: str = option(REQUIRED, "the run's folder: checkpoints, metrics.csv, validation images, result",
                       max_length=1000)
@@ -68,6 +70,7 @@ class DistillConfig(TrainingSwitches):
         from studio.models.compression import resolve_spec
 
         check_fields(self)
+        self.check_launch()
         check_optimizer(self.optimizer)
         check_trackers(self.report_to)
         resolve_spec(self.arch)

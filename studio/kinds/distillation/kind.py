@@ -1,5 +1,7 @@
 """Distillation as a job kind (studio/kinds/base.py): the block-removed student, distilled from its teacher."""
 
+from pathlib import Path
+
 from studio.budget import FLOAT_BYTES, METRICS_ROW_BYTES, TEACHER_BYTES, checkpoints_kept, image_bytes
 from studio.kinds.base import JobKind
 from studio.kinds.distillation.config import DistillConfig
@@ -8,8 +10,13 @@ from studio.limits import OPTIMIZER_STATE_BYTES
 
 def run(config: DistillConfig, callback=None) -> str:
     from studio.kinds.distillation.train import distill
+    from studio.kinds.launch import launch, needs_launch
 
-    out = distill(config, callback=callback)
+    if needs_launch(config):  # more than one process: accelerate launch runs this same command in each
+        launch("distill", config)
+        out = Path(config.out)
+    else:
+        out = distill(config, callback=callback)
     return f"student U-Net in {out / 'unet'}; metrics in {out / 'metrics.csv'}"
 
 
@@ -42,8 +49,13 @@ def estimate_memory(config: DistillConfig, catalog) -> dict[str, int]:
     frozen = count_params(meta_unet(configs["unet"])) + sum(n or 0 for n in component_params(configs).values())
     activations = unet_activation_bytes(student, (geometry.latent,) * 2, config.batch_size, geometry.text_tokens,
                                         checkpointing=config.gradient_checkpointing)
-    return training_memory(frozen * TEACHER_BYTES[config.teacher_dtype], count_params(student), activations,
-                           copies=1 if config.ema else 0, optimizer=config.optimizer)
+    one = training_memory(frozen * TEACHER_BYTES[config.teacher_dtype], count_params(student), activations,
+                          copies=1 if config.ema else 0, optimizer=config.optimizer)
+    import torch
+
+    if torch.cuda.is_available():  # one process per GPU: this is each GPU's share
+        return one
+    return {part: size * config.processes for part, size in one.items()}  # every process holds it all in RAM
 
 
 KIND = JobKind(

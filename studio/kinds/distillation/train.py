@@ -20,14 +20,15 @@ import torch
 
 from studio.inference.devices import DTYPES
 from studio.inference.generation import sample
-from studio.kinds.data import family_sampling, open_training_data, prefetched
+from studio.kinds.data import family_sampling, open_training_data, prefetched, rank_slice
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
+from studio.kinds.features import batch_inputs
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
-    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
-    latest_checkpoint, make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, step_generator,
-    tokenize, training_scheduler, write_card,
+    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
+    make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, step_draws, training_scheduler,
+    write_card,
 )
 from studio.models.compression import build_student, plan_student
 from studio.models.loading import load_pipeline, share_components
@@ -42,18 +43,24 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
 
     config.check()
     out = Path(config.out)
+    # cpu=True where there is no GPU: launched ranks then join by gloo (without it each thinks it is alone).
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                              cpu=not torch.cuda.is_available())
     check_new_run(out, config.resume)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    accelerator.wait_for_everyone()  # every rank has looked before the main process writes
     device, main = accelerator.device, accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     started = time.perf_counter()
 
     # The frozen teacher, the data (checked before any training) and the student, copied from the teacher.
     teacher = load_pipeline(config.teacher).to(device)
     if config.synthetic and not main:
         accelerator.wait_for_everyone()  # the main process draws the teacher's images first
-    data = open_training_data(config.data, teacher, out, config.synthetic, config.seed, *family_sampling(config.teacher))
+    data = open_training_data(config.data, teacher, out, config.synthetic, config.seed, *family_sampling(config.teacher),
+                              teacher_name=config.teacher)
     if config.synthetic and main:
         accelerator.wait_for_everyone()
+    empty_context = data.empty_context() if hasattr(data, "empty_context") else None  # a feature cache's
     for part in (teacher.vae, teacher.text_encoder, teacher.unet):
         part.requires_grad_(False).eval()
     plan = plan_student(teacher.unet.config, config.arch)
@@ -88,9 +95,9 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             ema.optimization_step = checkpoint.step
         start_step = checkpoint.step
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    rank = accelerator.process_index
-    data = prefetched(data, config.data_workers, config.batch_size,
-                      lambda draw: step_generator(config.seed, draw, rank)[0], start_step * config.grad_accum,
+    # Each process reads its slice of the global batch, planned from the rng all processes share.
+    data = prefetched(rank_slice(data, rank, world), config.data_workers, config.batch_size,
+                      lambda draw: step_draws(config.seed, draw)[0], start_step * config.grad_accum,
                       pin_memory=device.type == "cuda")
 
     if main:
@@ -101,22 +108,18 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
     log = MetricsLog(out / "metrics.csv", start_step, METRICS, Trackers(config.report_to, out, "distill", config)) \
         if main else None
     noise_scheduler = training_scheduler(teacher)
-    empty_ids = tokenize(teacher.tokenizer, [""])
     loop_started, losses = time.perf_counter(), {}
-    with StopOnSigterm(accelerator.num_processes == 1) as stop:
+    with StopOnSigterm() as stop:
         for step in range(start_step, config.steps):
             micro_losses = []
             for micro in range(config.grad_accum):
-                rng, generator = step_generator(config.seed, step * config.grad_accum + micro, accelerator.process_index)
+                rng, draws = step_draws(config.seed, step * config.grad_accum + micro, rank, world)
                 with accelerator.accumulate(student):
                     # Inputs both models see: latents of the batch, noised, and its (sometimes dropped) captions.
-                    images, captions = data.batch(config.batch_size, rng)
                     with torch.no_grad():
-                        latents = encode_latents(teacher.vae, images.to(device), generator)
-                        ids = tokenize(teacher.tokenizer, captions)
-                        ids[torch.rand(len(ids), generator=generator) < config.caption_dropout] = empty_ids
-                        context = teacher.text_encoder(ids.to(device))[0]
-                        noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, generator)
+                        latents, context = batch_inputs(data.batch(config.batch_size, rng), teacher, draws, device,
+                                                        config.caption_dropout, empty_context)
+                        noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, draws)
                         with capture_outputs(teacher.unet, [t for _, t in pairs]) as teacher_features:
                             teacher_out = teacher.unet(noisy.to(teacher_dtype), timesteps,
                                                        encoder_hidden_states=context.to(teacher_dtype)).sample
@@ -131,18 +134,24 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                # The global batch's losses: the mean over the processes of each one's mean.
+                terms = accelerator.reduce({k: v.detach() for k, v in terms.items()}, "mean") if world > 1 else terms
                 micro_losses.append({k: v.item() for k, v in terms.items()})
             losses = {k: sum(m[k] for m in micro_losses) / len(micro_losses) for k in micro_losses[0]}
             if ema is not None:
                 ema.step(accelerator.unwrap_model(student).parameters())
 
             done = step + 1
+            # A cancel reaches every process (the job's process group), not always in the same step: all stop after
+            # the step any one of them saw it in.
+            stopping = stop.requested if world == 1 else \
+                accelerator.reduce(torch.tensor(float(stop.requested), device=device), "sum").item() > 0
             if main and due(done, config.log_every, config.steps):
                 log.write({"step": done, **losses, "lr": scheduler.get_last_lr()[0],
                            "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 2)})
             if main:
                 report(callback, "distill", done, config.steps, loss=losses["loss_total"])
-            if due(done, config.checkpoint_every, config.steps) or stop.requested:
+            if due(done, config.checkpoint_every, config.steps) or stopping:
                 accelerator.wait_for_everyone()
                 if main:
                     unwrapped = accelerator.unwrap_model(student)
@@ -154,7 +163,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
                                         out / "validation" / f"step-{done:06d}.png", log, done)
-            if stop.requested:
+            if stopping:
                 if main:
                     log.close()
                 raise cancelled(out, done, config.steps)
@@ -166,7 +175,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             ema.copy_to(result.parameters())
         result.to(torch.float32).save_pretrained(out / "unet", safe_serialization=True)
         write_card(out, "distill", config, config.steps, losses, time.perf_counter() - started,
-                   sum(p.numel() for p in result.parameters()), teacher=config.teacher, arch=str(plan.spec))
+                   sum(p.numel() for p in result.parameters()), teacher=config.teacher, arch=str(plan.spec),
+                   processes=world)
     accelerator.wait_for_everyone()
     return out
 

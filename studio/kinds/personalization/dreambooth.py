@@ -28,7 +28,7 @@ from studio.kinds.personalization.photos import import_photos
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, encode_latents,
-    latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_generator, tokenize, training_scheduler,
+    latest_checkpoint, noisy_inputs, save_checkpoint, save_validation, step_draws, tokenize, training_scheduler,
     write_card,
 )
 from studio.models.loading import load_lora, load_pipeline, load_unet, share_components
@@ -122,7 +122,7 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
     loop_started, losses = time.perf_counter(), {}
     with StopOnSigterm() as stop:
         for step in range(start_step, config.steps):
-            rng, generator = step_generator(config.seed, step)
+            rng, draws = step_draws(config.seed, step)
             paths = [instance[rng.randrange(len(instance))]]
             if class_paths:
                 paths.append(class_paths[rng.randrange(len(class_paths))])
@@ -130,9 +130,9 @@ def dreambooth(config: DreamBoothConfig, callback: Callback | None = None) -> Pa
             for path in paths:
                 with Image.open(path) as image:
                     images.append(to_tensor(image, flip=rng.random() < 0.5))
-            latents = encode_latents(pipeline.vae, torch.stack(images).to(device), generator)
+            latents = encode_latents(pipeline.vae, torch.stack(images).to(device), draws)
             context = pipeline.text_encoder(ids[:len(paths)].to(device))[0]
-            noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, generator)
+            noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, draws)
             prediction = pipeline.unet(noisy, timesteps, encoder_hidden_states=context).sample
             loss_instance = F.mse_loss(prediction[:1].float(), target[:1].float())
             loss_prior = F.mse_loss(prediction[1:].float(), target[1:].float()) if class_paths else torch.zeros(())

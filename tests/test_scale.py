@@ -1,0 +1,223 @@
+"""Distillation at scale (issue 35): cached features and more than one process.
+
+- a feature cache trains the same losses and student as the images it was made of (distillation with caption
+  dropout and feature KD; consistency distillation), with loader workers too; a cache of another teacher or
+  resolution is refused naming both;
+- two "machines" (two accelerate launches with num_machines 2 on 127.0.0.1, gloo, one process each) end with the
+  student one process trains with the same global batch, and a resumed two-machine run continues exactly.
+"""
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from PIL import Image
+
+from studio.kinds.consistency.config import ConsistencyConfig
+from studio.kinds.data import DataError
+from studio.kinds.distillation.config import DistillConfig
+from studio.kinds.distillation.train import distill
+from studio.kinds.features import CachedFeatures, precompute
+from studio.kinds.launch import accelerate_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def image_folder(folder: Path, n: int = 12) -> str:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a thing numbered {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def unet_difference(a: Path, b: Path) -> float:
+    first = UNet2DConditionModel.from_pretrained(a / "unet").state_dict()
+    second = UNet2DConditionModel.from_pretrained(b / "unet").state_dict()
+    return max((first[k] - second[k]).abs().max().item() for k in first)
+
+
+def distill_config(teacher, data, out, **changes) -> DistillConfig:
+    values = dict(teacher=str(teacher), arch="tiny", data=str(data), out=str(out), steps=4, batch_size=3, lr=1e-3,
+                  checkpoint_every=2, log_every=1)
+    return DistillConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def images_and_cache(tiny_pipeline_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    folder = image_folder(root / "images")
+    return folder, precompute(str(tiny_pipeline_dir), folder, root / "cache", batch_size=5)
+
+
+def test_a_cache_holds_every_row_and_what_made_it(images_and_cache, tiny_pipeline_dir):
+    folder, cache = images_and_cache
+    data = CachedFeatures(cache)
+    assert len(data) == 12 and data.index["teacher"] == str(Path(tiny_pipeline_dir).resolve())
+    batch = data.load([(0, False), (0, True), (11, False)])
+    assert batch.mean.shape == (3, 4, 16, 16) and batch.context.shape[0] == 3
+    assert not torch.equal(batch.mean[0], batch.mean[1])  # the mirrored image's own latents
+    assert torch.equal(batch.context[0], batch.context[1]) and (batch.std > 0).all()
+
+
+def test_cached_features_train_the_same_student_as_the_images(images_and_cache, tiny_pipeline_dir, tmp_path):
+    """Same seed: the loss sequence from the cache equals the one computed from the images (caption dropout and
+    feature KD on), and so does the student; loader workers read the cache too."""
+    folder, cache = images_and_cache
+    changes = dict(caption_dropout=0.3, grad_accum=2)
+    from_images = distill(distill_config(tiny_pipeline_dir, folder, tmp_path / "images", **changes))
+    from_cache = distill(distill_config(tiny_pipeline_dir, cache, tmp_path / "cache", **changes))
+    with_workers = distill(distill_config(tiny_pipeline_dir, cache, tmp_path / "workers", data_workers=2, **changes))
+    for run in (from_cache, with_workers):
+        for a, b in zip(metrics(from_images), metrics(run), strict=True):
+            for term in ("loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"):
+                assert float(a[term]) == pytest.approx(float(b[term]), rel=1e-5, abs=1e-7), (run, term)
+        # Adam scales each weight's step to about the learning rate, so float-level gradient differences (the VAE
+        # run on batches of 5 there, of 3 here) can move a weight by a few hundredths of one step.
+        assert unet_difference(from_images, run) < 0.1 * 1e-3
+
+
+def test_consistency_distillation_reads_a_cache_the_same(images_and_cache, tiny_pipeline_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from studio.kinds.consistency.train import consistency_distill
+    from studio.models.compression import build_student
+
+    folder, cache = images_and_cache
+    student = tmp_path / "student"
+    build_student(UNet2DConditionModel.from_pretrained(Path(tiny_pipeline_dir) / "unet"), "small").save_pretrained(
+        student / "unet", safe_serialization=True)
+    runs = []
+    for name, data in (("images", folder), ("cache", cache)):
+        runs.append(consistency_distill(ConsistencyConfig(
+            teacher=str(tiny_pipeline_dir), student=str(student), arch="small", data=str(data), out=str(tmp_path / name),
+            steps=3, batch_size=2, solver_steps=10, checkpoint_every=3, log_every=1)))
+    for a, b in zip(metrics(runs[0]), metrics(runs[1]), strict=True):
+        assert float(a["loss_total"]) == pytest.approx(float(b["loss_total"]), rel=1e-5, abs=1e-7)
+
+
+def test_a_cache_of_another_teacher_or_resolution_is_refused(images_and_cache, tiny_pipeline_dir, tmp_path):
+    folder, cache = images_and_cache
+    other = tmp_path / "other-teacher"
+    import shutil
+
+    shutil.copytree(tiny_pipeline_dir, other)
+    with pytest.raises(DataError, match=r"cached by teacher .*tiny-teacher.* at 32 px; this run's teacher is "
+                                        r".*other-teacher at 32 px"):
+        distill(distill_config(other, cache, tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+    data = CachedFeatures(cache)
+    with pytest.raises(DataError, match="at 32 px; this run's teacher is .* at 64 px"):
+        data.check_for(str(tiny_pipeline_dir), 64)
+    with pytest.raises(DataError, match="feature cache, which has no images"):
+        distill(distill_config(tiny_pipeline_dir, cache, tmp_path / "synthetic", synthetic=4))
+
+
+def test_an_unfinished_cache_is_refused_and_finished_by_the_same_command(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import studio.kinds.features as features
+
+    folder = image_folder(tmp_path / "images", n=7)
+    monkeypatch.setattr(features, "SHARD_ROWS", 3)
+    calls = []
+    original = features.save_file
+
+    def fail_on_the_second_shard(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        original(tensors, path)
+
+    monkeypatch.setattr(features, "save_file", fail_on_the_second_shard)
+    with pytest.raises(OSError):
+        precompute(str(tiny_pipeline_dir), folder, tmp_path / "cache")
+    with pytest.raises(DataError, match="unfinished feature cache; run the same precompute command again"):
+        CachedFeatures(tmp_path / "cache")
+    monkeypatch.setattr(features, "save_file", original)
+    first = (tmp_path / "cache" / "features-00000.safetensors").stat().st_mtime_ns
+    precompute(str(tiny_pipeline_dir), folder, tmp_path / "cache")
+    assert (tmp_path / "cache" / "features-00000.safetensors").stat().st_mtime_ns == first  # kept, not redone
+    assert len(CachedFeatures(tmp_path / "cache")) == 7
+
+
+def test_the_launch_command_is_accelerates(tiny_pipeline_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    config = distill_config(tiny_pipeline_dir, "toy", "/tmp/run", processes=2, num_machines=3, machine_rank=1,
+                            main_process_ip="10.0.0.5", main_process_port=29600)
+    command = accelerate_command("distill", config)
+    flags = dict(zip(command[3::2], command[4::2]))
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in command
+    assert command[command.index("--num_processes") + 1] == "6"  # accelerate counts the processes of all machines
+    assert command[command.index("--machine_rank") + 1] == "1"
+    assert command[command.index("--main_process_ip") + 1] == "10.0.0.5"
+    assert command[command.index("--num_cpu_threads_per_process") + 1] == "2"  # the job's 4 threads, 2 processes
+    tail = command[command.index("studio"):]
+    assert tail[:2] == ["studio", "distill"] and "--machine-rank" in tail and "--processes" in tail
+    assert flags  # the command is flag, value pairs up to the module
+    with pytest.raises(ValueError, match=r"machine rank \(--machine-rank\) is 3, but the run has 3 machine"):
+        distill_config(tiny_pipeline_dir, "toy", "/tmp/run", num_machines=3, machine_rank=3).check()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_machines(tiny_pipeline_dir, data, out, steps, resume=False):
+    """Two launches with num_machines 2 on 127.0.0.1, one process each (gloo), batch 2 each."""
+    port = free_port()
+    base = [sys.executable, "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny",
+            "--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-size", "2",
+            "--checkpoint-every", "5", "--log-every", "1", "--num-machines", "2", "--main-process-port", str(port),
+            "--caption-dropout", "0.3"] + (["--resume"] if resume else [])
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    machines = [subprocess.Popen(base + ["--machine-rank", str(rank)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    try:
+        outputs = [machine.communicate(timeout=600)[0] for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, output in zip(machines, outputs):
+        assert machine.returncode == 0, output[-3000:]
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_machines_train_what_one_process_trains_and_resume_exactly(tiny_pipeline_dir, tmp_path):
+    """One process with batch 4 against two machines with batch 2 each: the same global batches (planned from the
+    shared rng, each machine loading its half), the same losses (the mean over the processes), and the same student
+    after 10 steps, reached by the two machines as 5 steps, then a resumed run to 10. Feature KD (Tiny's pairs) runs
+    through DDP's wrapper."""
+    folder = image_folder(tmp_path / "images")
+    single = distill(distill_config(tiny_pipeline_dir, folder, tmp_path / "one", steps=10, batch_size=4, lr=5e-5,
+                                    checkpoint_every=5, caption_dropout=0.3))  # the paper's learning rate
+    out = tmp_path / "two"
+    two_machines(tiny_pipeline_dir, folder, out, steps=5)
+    assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3, 4, 5]
+    two_machines(tiny_pipeline_dir, folder, out, steps=10, resume=True)
+    assert [int(r["step"]) for r in metrics(out)] == list(range(1, 11))
+    for a, b in zip(metrics(single), metrics(out), strict=True):
+        for term in ("loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"):
+            assert float(a[term]) == pytest.approx(float(b[term]), rel=1e-5, abs=1e-7), (term, a["step"])
+    assert float(metrics(out)[0]["loss_feat_kd"]) > 0
+    difference = unet_difference(single, out)
+    print(f"two machines against one process, max abs weight difference after 10 steps: {difference:.2e}")
+    assert difference <= 1e-5
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["num_machines"] == 2 and card["result"]["processes"] == 2
