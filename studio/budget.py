@@ -39,6 +39,7 @@ class JobLimits:
     max_running_total: int | None = None  # jobs of all owners running at once
     max_steps: int | None = None  # training steps (distillation, DreamBooth)
     max_batch_size: int | None = None
+    max_processes: int | None = None  # training processes of one job (accelerate launch)
     max_class_images: int | None = None
     max_eval_images: int | None = None  # images per model
     max_photos: int = MAX_PHOTOS

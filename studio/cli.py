@@ -12,6 +12,7 @@ from pathlib import Path
 
 from studio.bench.cli import add_bench_commands
 from studio.jobs.cli import add_jobs_commands
+from studio.kinds.features.config import PrecomputeConfig
 from studio.kinds.registry import KINDS
 from studio.models.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.options import add_arguments, from_args
@@ -84,15 +85,6 @@ def cmd_profile(args) -> None:
             print(f"shared {part.replace('_', ' ')}: {count:,} parameters")
 
 
-def cmd_gpu_check(args) -> None:
-    from studio.bench.gpu_check import format_table, gpu_check
-
-    rows = gpu_check(args.device, args.family, job_steps=args.job_steps, bench_512=not args.skip_512)
-    print(format_table(rows, args.device))
-    if not all(row["ok"] for row in rows):
-        sys.exit(1)
-
-
 def cmd_toy_data(args) -> None:
     from studio.toy.data import export_imagefolder
 
@@ -138,6 +130,16 @@ def cmd_toy_judge(args) -> None:
         value = report[key]
         std = "" if spread[key] is None else f" ± {spread[key] * 100:.1f}"
         print(f"{key:>14} {'-' if value is None else f'{value:.1%}'}{std}")
+
+
+def cmd_precompute(args) -> None:
+    from studio.kinds.features.cache import precompute
+
+    config = from_args(PrecomputeConfig, args)
+    with TqdmProgress(unit="image") as progress:
+        out = precompute(config.teacher, config.data, Path(config.out), config.batch_size, config.flips, config.dtype,
+                         progress)
+    print(f"features of {config.data} in {out}; train on them with --data {out}")
 
 
 def add_kind_command(commands, kind) -> None:
@@ -254,14 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(profile)
     profile.set_defaults(run=cmd_profile)
 
-    add_bench_commands(commands, add_model_args)
-    gpu = commands.add_parser("gpu-check", help="the studio end to end on a device (compare fp32/fp16, img2img, "
-                              "distillation, DreamBooth, evaluation, the 512x512 bench) as one table")
-    gpu.add_argument("--device", default="cuda")
-    gpu.add_argument("--family", default="toy")
-    gpu.add_argument("--job-steps", type=int, default=20)
-    gpu.add_argument("--skip-512", action="store_true", help="leave out the 512x512 pipeline bench")
-    gpu.set_defaults(run=uses_toy_world(cmd_gpu_check))
+    add_bench_commands(commands, add_model_args, wrap_run=uses_toy_world)
+    precompute = commands.add_parser("precompute", help="cache a dataset's latents and caption embeddings by a "
+                                     "teacher's encoders, for distill and consistency --data")
+    add_arguments(precompute, PrecomputeConfig)
+    precompute.set_defaults(run=cmd_precompute)
     coverage = commands.add_parser("adapter-coverage", help="how many modules of a teacher's LoRA adapter (e.g. "
                                    "LCM-LoRA) map onto its block-removed students")
     add_model_args(coverage)

@@ -24,7 +24,7 @@ from studio.kinds.consistency.config import ConsistencyConfig
 from studio.kinds.data import DataError
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.train import distill
-from studio.kinds.features import CachedFeatures, precompute
+from studio.kinds.features.cache import CachedFeatures, precompute
 from studio.kinds.launch import accelerate_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_a_cache_of_another_teacher_or_resolution_is_refused(images_and_cache, t
 
 
 def test_an_unfinished_cache_is_refused_and_finished_by_the_same_command(tiny_pipeline_dir, tmp_path, monkeypatch):
-    import studio.kinds.features as features
+    import studio.kinds.features.cache as features
 
     folder = image_folder(tmp_path / "images", n=7)
     monkeypatch.setattr(features, "SHARD_ROWS", 3)
@@ -221,3 +221,54 @@ def test_two_machines_train_what_one_process_trains_and_resume_exactly(tiny_pipe
     assert difference <= 1e-5
     card = json.loads((out / "card.json").read_text())
     assert card["config"]["num_machines"] == 2 and card["result"]["processes"] == 2
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("deepspeed-zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_the_shipped_accelerate_configs_are_accelerates_own(name, kind, tiny_pipeline_dir):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from studio.kinds.launch import CONFIG_DIR
+
+    path = CONFIG_DIR / f"{name}.yaml"
+    assert load_config_from_file(str(path)).distributed_type.name == kind
+    config = distill_config(tiny_pipeline_dir, "toy", "/tmp/run", processes=8, accelerate_config=str(path))
+    command = accelerate_command("distill", config)
+    assert command[command.index("--config_file") + 1] == str(path) and "--multi_gpu" not in command
+    assert command[command.index("--num_processes") + 1] == "8"  # the flags set the counts the file leaves at 1
+    with pytest.raises(ValueError, match=r"accelerate config \(--accelerate-config\): .* is not a file; shipped ones: "
+                                         r"ddp.yaml, deepspeed-zero2.yaml, fsdp.yaml"):
+        distill_config(tiny_pipeline_dir, "toy", "/tmp/run", accelerate_config="/nowhere.yaml").check()
+
+
+def test_a_public_host_runs_one_process_a_job(tiny_pipeline_dir):
+    from studio.budget import QuotaError, check_caps
+    from studio.kinds.registry import KINDS
+    from studio.ui.hosting import Hosting
+
+    limits = Hosting(public=True).limits()
+    with pytest.raises(QuotaError, match=r"processes: 2 is more than this host allows \(1\)"):
+        check_caps(limits, distill_config(tiny_pipeline_dir, "toy", "-", processes=2), KINDS["distill"].caps)
+
+
+def test_an_imagefolder_is_checked_lazily_and_bad_rows_are_met_and_counted(tmp_path):
+    """Start-up opens a sample of the images; an unreadable one outside it is passed over when a batch meets it (the
+    next row takes its place, the same in every run) and counted; too many stop the run naming the folder."""
+    import random
+
+    from studio.kinds.data import SAMPLE_CHECKED, ImageFolderData
+
+    folder = Path(image_folder(tmp_path / "images", n=200))
+    sampled = set(random.Random(0).sample(range(200), SAMPLE_CHECKED))
+    junk = next(row for row in range(200) if row not in sampled and row + 1 not in sampled)
+    (folder / f"{junk}.png").write_bytes(b"not a picture")
+    data = ImageFolderData(folder, 32)
+    assert len(data) == 200 and data.skipped == []  # the sample did not meet it
+    images, captions = data.ready(data.load([(junk, False), (3, True)]))
+    assert captions == [f"a thing numbered {junk + 1}", "a thing numbered 3"] and images.shape == (2, 3, 32, 32)
+    assert (data.bad_met, data.rows_met) == (1, 3)
+    for row in range(0, 200, 2):
+        if row not in sampled:
+            (folder / f"{row}.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"of the \d+ rows met so far could not be read \(more than 10%\)"):
+        for start in range(0, 200, 8):
+            data.ready(data.load([(row, False) for row in range(start, start + 8)]))

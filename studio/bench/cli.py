@@ -79,7 +79,32 @@ def cmd_bench_data(args) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
-def add_bench_commands(commands, add_model_args) -> None:
+def cmd_bench_train(args) -> None:
+    from studio.bench.train import format_report, run_bench_train
+
+    log = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    report = run_bench_train(args, log)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def cmd_gpu_check(args) -> None:
+    from studio.bench.gpu_check import format_table, gpu_check
+
+    rows = gpu_check(args.device, args.family, job_steps=args.job_steps, bench_512=not args.skip_512)
+    print(format_table(rows, args.device))
+    if not all(row["ok"] for row in rows):
+        sys.exit(1)
+
+
+def add_bench_commands(commands, add_model_args, wrap_run=lambda run: run) -> None:
+    """`bench ...` and `gpu-check`; `wrap_run` wraps the commands that may use the toy world."""
+    gpu = commands.add_parser("gpu-check", help="the studio end to end on a device (compare fp32/fp16, img2img, "
+                              "distillation, DreamBooth, evaluation, the 512x512 bench) as one table")
+    gpu.add_argument("--device", default="cuda")
+    gpu.add_argument("--family", default="toy")
+    gpu.add_argument("--job-steps", type=int, default=20)
+    gpu.add_argument("--skip-512", action="store_true", help="leave out the 512x512 pipeline bench")
+    gpu.set_defaults(run=wrap_run(cmd_gpu_check))
     bench = commands.add_parser("bench", help="latency benchmarks")
     bench_targets = bench.add_subparsers(dest="target", required=True)
     data = bench_targets.add_parser("data", help="training batches decoded in the loop and by loader workers")
@@ -92,6 +117,20 @@ def add_bench_commands(commands, add_model_args) -> None:
     data.add_argument("--rounds", type=int, default=3)
     data.add_argument("--json", action="store_true")
     data.set_defaults(run=cmd_bench_data)
+    train = bench_targets.add_parser("train", help="distillation steps: images decoded in the loop, by loader "
+                                     "workers, and cached features (samples/s, data wait, peak memory)")
+    train.add_argument("--teacher", default="toy-teacher", help="a catalogue teacher or pipeline folder")
+    train.add_argument("--random-teacher", help="instead: this catalogue teacher's architecture with random weights "
+                                                "(e.g. sd-v1.4), native at --resolution")
+    train.add_argument("--resolution", type=int, default=256)
+    train.add_argument("--arch", default="tiny")
+    train.add_argument("--batch", type=int, default=2)
+    train.add_argument("--workers", type=int, default=2, help="loader workers of the second setting")
+    train.add_argument("--images", type=int, default=32, help="JPEGs in the imagefolder (and its cache)")
+    train.add_argument("--rounds", type=int, default=3)
+    train.add_argument("--steps", type=int, default=4, help="steps per setting and round")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(run=cmd_bench_train)
     unet = bench_targets.add_parser("unet", help="one U-Net forward: teacher against each student")
     add_model_args(unet)
     unet.add_argument("--warmup", type=int, default=1)

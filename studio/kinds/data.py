@@ -14,7 +14,7 @@ skipped and counted.
 
 import json
 import random
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from typing import Callable
 
@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from studio.images import ImageTooLarge, check_pixels, square, to_uint8_tensor, to_unit_range
 
 MAX_BAD_FRACTION = 0.1
+SAMPLE_CHECKED = 64  # images opened at start-up; the rest are checked when a batch meets them
+MAX_ROWS_PASSED_OVER = 100
 
 
 class DataError(ValueError):
@@ -31,75 +33,118 @@ class DataError(ValueError):
 
 
 class ImageFolderData:
+    """An imagefolder, checked lazily: start-up reads metadata.jsonl (JSON, captions, names inside the folder) and
+    opens a sample of SAMPLE_CHECKED images; any other image that can't be read is skipped when a batch meets it
+    (the next readable row takes its place, so the batch is the same in every run) and counted in `bad_met`. More
+    than MAX_BAD_FRACTION bad rows, in the metadata, the sample or the rows met so far, stops the run with examples.
+    Rows are kept as two lists of strings: about 0.2 kB a row in memory."""
+
     def __init__(self, folder: "str | Path", resolution: int):
         self.folder = Path(folder)
         self.resolution = resolution
-        self.rows, self.skipped = self._check()
+        self.names, self.texts, self.skipped = self._read_metadata()
+        self._check_sample()
+        self.bad_met, self.rows_met = 0, 0
 
-    def _check(self) -> tuple[list[dict], list[str]]:
+    def _read_metadata(self) -> tuple[list[str], list[str], list[str]]:
         metadata = self.folder / "metadata.jsonl"
         if not self.folder.is_dir():
             raise DataError(f"data folder {self.folder} does not exist")
         if not metadata.is_file():
             raise DataError(f"{self.folder} has no metadata.jsonl; expected one line per image with "
                             '{"file_name": ..., "text": ...} (the imagefolder layout)')
-        rows, skipped = [], []
-        lines = [line for line in metadata.read_text().splitlines() if line.strip()]
+        names, texts, skipped, lines = [], [], [], 0
+        with open(metadata, encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                lines += 1
+                try:
+                    row = json.loads(line)
+                    name, text = row["file_name"], row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    skipped.append(f"line {number}: not a JSON object with file_name and text")
+                    continue
+                parts = PurePosixPath(str(name)).parts
+                if not parts or PurePosixPath(str(name)).is_absolute() or ".." in parts:
+                    skipped.append(f"line {number}: {name!r} points outside the data folder")
+                    continue
+                if not isinstance(text, str) or not text.strip():
+                    skipped.append(f"line {number}: empty caption")
+                    continue
+                names.append(str(name))
+                texts.append(text)
         if not lines:
             raise DataError("metadata.jsonl is empty: no image-caption pairs to train on")
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-                name, text = row["file_name"], row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                skipped.append(f"line {number}: not a JSON object with file_name and text")
-                continue
-            path = (self.folder / name).resolve()
-            if self.folder.resolve() not in path.parents:
-                skipped.append(f"line {number}: {name!r} points outside the data folder")
-                continue
-            if not isinstance(text, str) or not text.strip():
-                skipped.append(f"line {number}: empty caption")
-                continue
-            try:
-                with Image.open(path) as image:
-                    check_pixels(image, f"line {number}: {name}")
-                    image.verify()
-            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError):
-                skipped.append(f"line {number}: {name} is missing or not a readable image")
-                continue
-            except ImageTooLarge as problem:
-                skipped.append(str(problem))
-                continue
-            rows.append({"path": path, "text": text})
-        if len(skipped) > MAX_BAD_FRACTION * len(lines) or not rows:
-            raise DataError(f"{len(skipped)} of {len(lines)} rows of metadata.jsonl are unusable, e.g. "
+        if len(skipped) > MAX_BAD_FRACTION * lines or not names:
+            raise DataError(f"{len(skipped)} of {lines} rows of metadata.jsonl are unusable, e.g. "
                             + "; ".join(skipped[:3]))
-        return rows, skipped
+        return names, texts, skipped
+
+    def _problem(self, row: int) -> str | None:
+        """Why row `row`'s image can't be trained on, or None."""
+        try:
+            with Image.open(self.folder / self.names[row]) as image:
+                check_pixels(image, self.names[row])
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError, ValueError):
+            return f"{self.names[row]} is missing or not a readable image"
+        except ImageTooLarge as problem:
+            return str(problem)
+        return None
+
+    def _check_sample(self) -> None:
+        sample = sorted(random.Random(0).sample(range(len(self.names)), min(SAMPLE_CHECKED, len(self.names))))
+        bad = [row for row in sample if self._problem(row) is not None]
+        if len(bad) > MAX_BAD_FRACTION * len(sample):
+            raise DataError(f"{len(bad)} of the {len(sample)} images checked are unusable, e.g. "
+                            + "; ".join(self._problem(row) for row in bad[:3]))
+        if bad:  # the few found are dropped now; the rest are met in training
+            self.skipped += [self._problem(row) for row in bad]
+            dropped = set(bad)
+            keep = [row for row in range(len(self.names)) if row not in dropped]
+            self.names, self.texts = [self.names[r] for r in keep], [self.texts[r] for r in keep]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.names)
 
     def captions(self, size: int, rng: random.Random) -> list[str]:
-        return [self.rows[rng.randrange(len(self.rows))]["text"] for _ in range(size)]
+        return [self.texts[rng.randrange(len(self.texts))] for _ in range(size)]
 
     def plan(self, size: int, rng: random.Random) -> tuple[tuple[int, bool], ...]:
         """Which rows a batch holds and which are mirrored: all of `rng`'s draws for it, none of the decoding."""
-        rows = [rng.randrange(len(self.rows)) for _ in range(size)]
+        rows = [rng.randrange(len(self.names)) for _ in range(size)]
         return tuple((row, rng.random() < 0.5) for row in rows)
 
-    def load(self, plan) -> tuple[torch.Tensor, list[str]]:
-        """Decode a planned batch: (uint8 images, captions), what crosses from a loader worker."""
-        images = []
-        for row, flip in plan:
-            with Image.open(self.rows[row]["path"]) as image:
-                images.append(to_uint8_tensor(square(image, self.resolution), flip=flip))
-        return torch.stack(images), [self.rows[row]["text"] for row, _ in plan]
+    def _decode(self, row: int, flip: bool) -> tuple[torch.Tensor, int, int]:
+        """(pixels, the row decoded, bad rows passed over): a row that can't be read gives way to the next one."""
+        for offset in range(min(len(self.names), MAX_ROWS_PASSED_OVER)):
+            at = (row + offset) % len(self.names)
+            try:
+                with Image.open(self.folder / self.names[at]) as image:
+                    check_pixels(image, self.names[at])
+                    return to_uint8_tensor(square(image, self.resolution), flip=flip), at, offset
+            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError, ValueError,
+                    ImageTooLarge):
+                continue
+        raise DataError(f"data: {MAX_ROWS_PASSED_OVER} rows in a row from {self.names[row]} on can't be read; is "
+                        f"the folder {self.folder} still there?")
 
-    @staticmethod
-    def ready(loaded) -> tuple[torch.Tensor, list[str]]:
-        """A loaded batch as the trainer takes it: images in the model's [-1, 1]."""
-        images, captions = loaded
+    def load(self, plan) -> tuple[torch.Tensor, list[str], int]:
+        """Decode a planned batch: (uint8 images, captions, bad rows passed over), what crosses from a loader
+        worker."""
+        decoded = [self._decode(row, flip) for row, flip in plan]
+        return (torch.stack([pixels for pixels, _, _ in decoded]), [self.texts[at] for _, at, _ in decoded],
+                sum(bad for _, _, bad in decoded))
+
+    def ready(self, loaded) -> tuple[torch.Tensor, list[str]]:
+        """A loaded batch as the trainer takes it: images in the model's [-1, 1]. Counts the bad rows it passed
+        over, and stops the run when they are more than MAX_BAD_FRACTION of the rows met."""
+        images, captions, bad = loaded
+        self.bad_met, self.rows_met = self.bad_met + bad, self.rows_met + len(captions) + bad
+        if self.rows_met >= SAMPLE_CHECKED and self.bad_met > MAX_BAD_FRACTION * self.rows_met:
+            raise DataError(f"data: {self.bad_met} of the {self.rows_met} rows met so far could not be read (more "
+                            f"than {MAX_BAD_FRACTION:.0%}); stopped. Check the images of {self.folder}")
         return to_unit_range(images), list(captions)
 
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
@@ -222,14 +267,9 @@ def register_data_source(name: str, factory: Callable) -> None:
 
 
 def open_data(source: str, resolution: int):
-    """A registered source by name, a feature cache (studio/kinds/features.py) or an imagefolder path; checked before
-    any training."""
-    from studio.kinds.features import CachedFeatures, is_cache
-
+    """A registered source by name, or an imagefolder path; checked before any training."""
     if source in DATA_SOURCES:
         return DATA_SOURCES[source](resolution)
-    if is_cache(source):
-        return CachedFeatures(source)
     return ImageFolderData(source, resolution)
 
 
@@ -261,24 +301,6 @@ def teacher_images(source, teacher, folder: Path, n: int, seed: int, steps: int,
     rows = [json.dumps({"file_name": f"{i:06d}.png", "text": text}) for i, text in enumerate(captions)]
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return ImageFolderData(folder, teacher.unet.config.sample_size * teacher.vae_scale_factor)
-
-
-def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
-                       guidance: float = 7.5, callback=None, teacher_name: str | None = None):
-    """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
-    captions, drawn once into OUT/synthetic. A feature cache must be `teacher_name`'s at its resolution."""
-    resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
-    data = open_data(source, resolution)
-    if hasattr(data, "check_for"):
-        data.check_for(teacher_name, resolution)
-        if synthetic > 0:
-            raise DataError(f"--data {source} is a feature cache, which has no images to replace by the teacher's; "
-                            "draw the teacher's images first, then precompute a cache of them")
-    if synthetic <= 0:
-        return data
-    if not hasattr(data, "captions"):
-        raise DataError(f"--data {source}: this source gives no captions to draw teacher images for")
-    return teacher_images(data, teacher, Path(out) / "synthetic", synthetic, seed, steps, guidance, callback)
 
 
 def family_sampling(teacher: str) -> tuple[int, float]:

@@ -71,8 +71,9 @@ def accelerate_command(kind: str, config: LaunchOptions) -> list[str]:
     if config.accelerate_config:
         command += ["--config_file", config.accelerate_config]
     else:  # torchrun under the hood; on a CPU the trainer asks accelerate for gloo (Accelerator(cpu=True))
-        command += ["--multi_gpu", "--mixed_precision", getattr(config, "mixed_precision", "no")]
-    command += ["--num_processes", str(config.total_processes), "--num_machines", str(config.num_machines),
+        command += ["--multi_gpu"]
+    command += ["--mixed_precision", getattr(config, "mixed_precision", "no"),
+                "--num_processes", str(config.total_processes), "--num_machines", str(config.num_machines),
                 "--machine_rank", str(config.machine_rank), "--main_process_ip", config.main_process_ip,
                 "--main_process_port", str(config.main_process_port), "--dynamo_backend", "no"]
     if not torch.cuda.is_available():
@@ -85,9 +86,20 @@ def launch(kind: str, config: LaunchOptions) -> None:
     when they end, raising with their exit status if they failed."""
     from studio.kinds.training import TrainingError
 
+    import signal
+    import threading
+
     command = accelerate_command(kind, config)
     print("$ " + " ".join(command), flush=True)
-    returncode = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    # A cancel (SIGTERM to the job's process group) reaches the processes too; this one waits for them to checkpoint
+    # and stop rather than end first. A handler, not SIG_IGN: handlers are not inherited by the processes it starts.
+    waiting = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if waiting else None
+    try:
+        returncode = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    finally:
+        if waiting:
+            signal.signal(signal.SIGTERM, previous)
     if returncode != 0:
         raise TrainingError(f"the {config.total_processes} training processes ended with exit status {returncode}; "
                             f"their output is above; checkpoints so far are kept in {getattr(config, 'out', '?')}")

@@ -239,6 +239,7 @@ class MetricsLog:
             with open(path, newline="") as file:
                 rows = [r for r in csv.DictReader(file) if _step(r) is not None and _step(r) <= resume_step]
         self.seconds_before = float(rows[-1]["seconds"]) if rows else 0.0  # seconds count across resumes
+        self.data_seconds_before = float(rows[-1].get("data_seconds") or 0.0) if rows else 0.0
         self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, columns, restval="")
         self.writer.writeheader()

@@ -110,7 +110,7 @@ class Hosting:
             return JobLimits(max_zip_ratio=self.max_zip_ratio)
         return JobLimits(
             max_running=self.max_jobs_per_visitor, max_running_total=self.max_jobs, max_steps=self.max_steps,
-            max_batch_size=self.max_batch_size, max_class_images=self.max_class_images,
+            max_batch_size=self.max_batch_size, max_processes=1, max_class_images=self.max_class_images,
             max_eval_images=self.max_eval_images, max_photos=self.max_photos,
             max_photo_bytes=int(self.max_photo_mb * 1024**2), max_zip_bytes=int(self.max_zip_mb * 1024**2),
             max_zip_ratio=self.max_zip_ratio, max_owner_bytes=int(self.visitor_disk_gb * GB))

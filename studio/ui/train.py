@@ -87,7 +87,7 @@ def sensitivity_view(catalog: Catalog, teacher: str, preset: str, layers: str, k
 
 
 def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, keep_mid, keep_innermost, data_source,
-                upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8) -> tuple[str, str]:
+                upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8, processes=1) -> tuple[str, str]:
     """Start a distillation job; (job id, message). Everything is checked before a job folder is made."""
     entry = teacher_entry(catalog, teacher)
     spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
@@ -98,6 +98,7 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
         steps=steps, batch_size=number("batch size", batch_size, int), lr=number("learning rate", lr, float),
         lambda_task=number("λ task", lambda_task, float), lambda_out=number("λ output KD", lambda_out, float),
         lambda_feat=number("λ feature KD", lambda_feat, float), validation_prompts=family.validation_prompts[:2],
+        processes=number("processes", processes, int),
         validation_guidance=family.guidance)
     config.check()
     configs = read_configs(teacher, catalog)
@@ -161,6 +162,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             lambda_task = inputs.Number(value=1.0, label="λ task")
             lambda_out = inputs.Number(value=1.0, label="λ output KD")
             lambda_feat = inputs.Number(value=1.0, label="λ feature KD")
+            processes = inputs.Number(value=1, precision=0, minimum=1, label="Processes (GPUs; batch size is per "
+                                                                             "process)")
         with gr.Row():
             start = gr.Button("Start training", variant="primary")
             cancel = gr.Button("Cancel")
@@ -190,7 +193,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
 
     @endpoint("train_start")
     def on_start(teacher, preset, layers, keep_mid, keep_innermost, data_source, upload, steps, lr, lambda_task,
-                 lambda_out, lambda_feat, batch_size, request: gr.Request):
+                 lambda_out, lambda_feat, batch_size, processes, request: gr.Request):
         """Start distilling a block-removed student from its teacher as a background job (the paper's task, output
         KD and feature KD losses); returns a message and the new job's id.
 
@@ -207,12 +210,15 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             lambda_task: weight of the task loss
             lambda_out: weight of the output KD loss
             lambda_feat: weight of the feature KD loss
-            batch_size: images per step
+            batch_size: images per step and process
+            processes: training processes (accelerate launch): one per GPU, or on a CPU processes that share its
+                threads
         """
         with studio.errors():
             jobs = studio.workspace(request).jobs
             job_id, text = train_start(jobs, studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
-                                       data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size)
+                                       data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size,
+                                       processes)
             return text, gr.update(choices=jobs.ids("distill"), value=job_id)
 
     @endpoint("train_cancel")
@@ -242,7 +248,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
     preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom_row, api_visibility="private",
                   queue=False)
     start.click(on_start, [*design_inputs[:5], data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat,
-                           batch_size], [message, monitor.job], api_name="train_start")
+                           batch_size, processes], [message, monitor.job], api_name="train_start")
     cancel.click(on_cancel, monitor.job, message, api_name="train_cancel")
     resume.click(on_resume, monitor.job, message, api_name="train_resume")
     monitor.wire(app, tab, "train_status")

@@ -23,8 +23,9 @@ from studio.kinds.consistency.config import VALIDATION_STEPS, ConsistencyConfig
 from studio.kinds.consistency.objective import (
     SkippingSolver, boundary_scalings, guidance_embedding, pseudo_huber, x0_and_noise,
 )
-from studio.kinds.data import family_sampling, open_training_data, prefetched
-from studio.kinds.features import batch_inputs
+from studio.kinds.data import family_sampling, prefetched
+from studio.kinds.features.cache import batch_inputs
+from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,

@@ -63,6 +63,6 @@ KIND = JobKind(
     help="distill a block-removed student from its teacher (BK-SDM)",
     total=lambda config: config.steps, describe=lambda config: f"{config.arch} from {config.teacher}, "
                                                                f"{config.steps} steps",
-    caps={"steps": "max_steps", "batch_size": "max_batch_size"}, student=lambda config: (config["teacher"], config["arch"]),
+    caps={"steps": "max_steps", "batch_size": "max_batch_size", "processes": "max_processes"}, student=lambda config: (config["teacher"], config["arch"]),
     estimate_memory=estimate_memory,
 )

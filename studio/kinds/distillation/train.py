@@ -20,10 +20,11 @@ import torch
 
 from studio.inference.devices import DTYPES
 from studio.inference.generation import sample
-from studio.kinds.data import family_sampling, open_training_data, prefetched, rank_slice
+from studio.kinds.data import family_sampling, prefetched, rank_slice
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
-from studio.kinds.features import batch_inputs
+from studio.kinds.features.cache import batch_inputs
+from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
@@ -34,7 +35,9 @@ from studio.models.compression import build_student, plan_student
 from studio.models.loading import load_pipeline, share_components
 from studio.progress import Callback, report
 
-METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds"]
+# seconds: the training loop's time so far; data_seconds: how much of it went to waiting for batches (decoding in the
+# loop, or what loader workers had not yet made).
+METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds", "data_seconds"]
 
 
 def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
@@ -108,7 +111,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
     log = MetricsLog(out / "metrics.csv", start_step, METRICS, Trackers(config.report_to, out, "distill", config)) \
         if main else None
     noise_scheduler = training_scheduler(teacher)
-    loop_started, losses = time.perf_counter(), {}
+    loop_started, losses, data_seconds = time.perf_counter(), {}, 0.0
     with StopOnSigterm() as stop:
         for step in range(start_step, config.steps):
             micro_losses = []
@@ -116,9 +119,12 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                 rng, draws = step_draws(config.seed, step * config.grad_accum + micro, rank, world)
                 with accelerator.accumulate(student):
                     # Inputs both models see: latents of the batch, noised, and its (sometimes dropped) captions.
+                    asked = time.perf_counter()
+                    batch = data.batch(config.batch_size, rng)
+                    data_seconds += time.perf_counter() - asked
                     with torch.no_grad():
-                        latents, context = batch_inputs(data.batch(config.batch_size, rng), teacher, draws, device,
-                                                        config.caption_dropout, empty_context)
+                        latents, context = batch_inputs(batch, teacher, draws, device, config.caption_dropout,
+                                                        empty_context)
                         noisy, timesteps, target = noisy_inputs(noise_scheduler, latents, draws)
                         with capture_outputs(teacher.unet, [t for _, t in pairs]) as teacher_features:
                             teacher_out = teacher.unet(noisy.to(teacher_dtype), timesteps,
@@ -148,7 +154,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                 accelerator.reduce(torch.tensor(float(stop.requested), device=device), "sum").item() > 0
             if main and due(done, config.log_every, config.steps):
                 log.write({"step": done, **losses, "lr": scheduler.get_last_lr()[0],
-                           "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 2)})
+                           "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 3),
+                           "data_seconds": round(log.data_seconds_before + data_seconds, 3)})
             if main:
                 report(callback, "distill", done, config.steps, loss=losses["loss_total"])
             if due(done, config.checkpoint_every, config.steps) or stopping:

@@ -164,9 +164,11 @@ def precompute(teacher: str, data: str, out: Path, batch_size: int = 16, flips: 
     storage = STORAGE_DTYPES[dtype]
 
     def encode(rows, flip):
-        images, _ = source.ready(source.load([(row, flip) for row in rows]))
+        """The latent distributions of `rows` and their captions (a row that can't be read gives way to the next,
+        as in training)."""
+        images, captions = source.ready(source.load([(row, flip) for row in rows]))
         distribution = pipe.vae.encode(images.to(device)).latent_dist
-        return distribution.mean, distribution.std
+        return distribution.mean, distribution.std, captions
 
     for number, start in enumerate(range(0, len(source), SHARD_ROWS)):
         path = out / f"features-{number:05d}.safetensors"
@@ -175,10 +177,11 @@ def precompute(teacher: str, data: str, out: Path, batch_size: int = 16, flips: 
             parts: dict[str, list] = {}
             for at in range(0, len(rows), batch_size):
                 chunk = rows[at:at + batch_size]
-                tensors = dict(zip(("mean", "std"), encode(chunk, False)))
+                mean, std, captions = encode(chunk, False)
+                tensors = {"mean": mean, "std": std}
                 if flips:
-                    tensors.update(zip(("mean_flipped", "std_flipped"), encode(chunk, True)))
-                ids = tokenize(pipe.tokenizer, [source.rows[row]["text"] for row in chunk])
+                    tensors["mean_flipped"], tensors["std_flipped"], _ = encode(chunk, True)
+                ids = tokenize(pipe.tokenizer, captions)
                 tensors["context"] = pipe.text_encoder(ids.to(device))[0]
                 for name, tensor in tensors.items():
                     parts.setdefault(name, []).append(tensor.to("cpu", storage))
@@ -186,7 +189,7 @@ def precompute(teacher: str, data: str, out: Path, batch_size: int = 16, flips: 
             partial = path.with_suffix(".partial")
             save_file({name: torch.cat(tensors).contiguous() for name, tensors in parts.items()}, partial)
             partial.rename(path)
-    captions = [json.dumps(row["text"]) for row in source.rows]
+    captions = [json.dumps(text) for text in source.texts]
     (out / "captions.jsonl").write_text("\n".join(captions) + "\n")
     empty = pipe.text_encoder(tokenize(pipe.tokenizer, [""]).to(device))[0]
     save_file({"context": empty.to("cpu", storage).contiguous()}, out / "empty.safetensors")

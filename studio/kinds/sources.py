@@ -1,0 +1,25 @@
+"""The data a trainer reads, from its `--data` string: a feature cache (studio/kinds/features/cache.py), a registered
+source or an imagefolder (studio/kinds/data.py), or the teacher's own images for captions of one of them."""
+
+from pathlib import Path
+
+from studio.kinds.data import DataError, open_data, teacher_images
+from studio.kinds.features.cache import CachedFeatures, is_cache
+
+
+def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
+                       guidance: float = 7.5, callback=None, teacher_name: str | None = None):
+    """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
+    captions, drawn once into OUT/synthetic. A feature cache must be `teacher_name`'s at its resolution."""
+    resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
+    data = CachedFeatures(source) if is_cache(source) else open_data(source, resolution)
+    if isinstance(data, CachedFeatures):
+        data.check_for(teacher_name, resolution)
+        if synthetic > 0:
+            raise DataError(f"--data {source} is a feature cache, which has no images to replace by the teacher's; "
+                            "draw the teacher's images first, then precompute a cache of them")
+    if synthetic <= 0:
+        return data
+    if not hasattr(data, "captions"):
+        raise DataError(f"--data {source}: this source gives no captions to draw teacher images for")
+    return teacher_images(data, teacher, Path(out) / "synthetic", synthetic, seed, steps, guidance, callback)
