@@ -12,7 +12,7 @@ from pathlib import Path
 
 from studio.bench.cli import add_bench_commands
 from studio.jobs.cli import add_jobs_commands
-from studio.kinds.features.config import PrecomputeConfig
+from studio.kinds.cli import add_data_commands
 from studio.kinds.registry import KINDS
 from studio.models.catalog import CatalogError, UnknownModelError, load_catalog
 from studio.options import add_arguments, from_args
@@ -132,16 +132,6 @@ def cmd_toy_judge(args) -> None:
         print(f"{key:>14} {'-' if value is None else f'{value:.1%}'}{std}")
 
 
-def cmd_precompute(args) -> None:
-    from studio.kinds.features.cache import precompute
-
-    config = from_args(PrecomputeConfig, args)
-    with TqdmProgress(unit="image") as progress:
-        out = precompute(config.teacher, config.data, Path(config.out), config.batch_size, config.flips, config.dtype,
-                         progress)
-    print(f"features of {config.data} in {out}; train on them with --data {out}")
-
-
 def add_kind_command(commands, kind) -> None:
     """`python -m studio KIND --flags`: a job kind run in the foreground, flags from its config dataclass."""
     def run(args):
@@ -257,10 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(run=cmd_profile)
 
     add_bench_commands(commands, add_model_args, wrap_run=uses_toy_world)
-    precompute = commands.add_parser("precompute", help="cache a dataset's latents and caption embeddings by a "
-                                     "teacher's encoders, for distill and consistency --data")
-    add_arguments(precompute, PrecomputeConfig)
-    precompute.set_defaults(run=cmd_precompute)
+    add_data_commands(commands)
     coverage = commands.add_parser("adapter-coverage", help="how many modules of a teacher's LoRA adapter (e.g. "
                                    "LCM-LoRA) map onto its block-removed students")
     add_model_args(coverage)

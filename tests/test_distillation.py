@@ -77,7 +77,7 @@ def test_short_run_writes_student_metrics_checkpoints_and_card(tiny_pipeline_dir
     rows = metrics(out)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert set(rows[0]) == {"step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds",
-                            "data_seconds"}
+                            "data_seconds", "bad_rows"}
     assert all(float(r["loss_feat_kd"]) > 0 for r in rows)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     student = UNet2DConditionModel.from_pretrained(out / "unet")

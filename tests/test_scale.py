@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,95 @@ def test_an_imagefolder_is_checked_lazily_and_bad_rows_are_met_and_counted(tmp_p
     with pytest.raises(DataError, match=r"of the \d+ rows met so far could not be read \(more than 10%\)"):
         for start in range(0, 200, 8):
             data.ready(data.load([(row, False) for row in range(start, start + 8)]))
+
+
+def write_shards(folder: Path, shards: int = 4, per_shard: int = 6) -> Path:
+    import webdataset as wds
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for shard in range(shards):
+        with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+            for i in range(per_shard):
+                picture = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+                sink.write({"__key__": f"{shard:05d}{i:04d}", "png": picture, "txt": f"sample {shard}-{i}"})
+    return folder
+
+
+def test_shards_split_by_process_and_worker_read_each_sample_once_a_pass(tmp_path):
+    from studio.kinds.shards import ShardData
+
+    folder = write_shards(tmp_path / "shards")
+    every = {f"sample {s}-{i}" for s in range(4) for i in range(6)}
+    for workers in (0, 2):
+        seen = []
+        for rank in (0, 1):
+            data = ShardData(str(folder), 32).for_rank(rank, 2)
+            seen.append([caption for _, caption in islice(data.stream(workers), 12)])  # one pass: 2 shards of 6
+        assert len(set(seen[0])) == 12 and len(set(seen[1])) == 12, workers
+        assert set(seen[0]) | set(seen[1]) == every and not set(seen[0]) & set(seen[1]), workers
+    pattern = ShardData(str(folder / "{00000..00003}.tar"), 32)
+    assert [c for _, c in islice(pattern.stream(0), 30)][24:] == [f"sample 0-{i}" for i in range(6)]  # next pass
+
+
+def test_distillation_streams_shards_and_resumes_where_it_stopped(tiny_pipeline_dir, tmp_path):
+    folder = write_shards(tmp_path / "shards")
+    straight = distill(distill_config(tiny_pipeline_dir, folder, tmp_path / "straight", data_workers=2))
+    part = tmp_path / "part"
+    distill(distill_config(tiny_pipeline_dir, folder, part, data_workers=2, steps=2))
+    distill(distill_config(tiny_pipeline_dir, folder, part, data_workers=2, resume=True))
+    assert [r["loss_total"] for r in metrics(part)] == [r["loss_total"] for r in metrics(straight)]
+    assert unet_difference(straight, part) == 0
+
+
+def test_bad_shards_are_named_before_the_first_step(tiny_pipeline_dir, tmp_path):
+    from studio.kinds.shards import ShardData
+
+    with pytest.raises(DataError, match=r"the pattern matches no shard"):
+        distill(distill_config(tiny_pipeline_dir, tmp_path / "none-{00000..00003}.tar", tmp_path / "a"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "00000.tar").write_bytes(b"this is not a tar file" * 100)
+    with pytest.raises(DataError, match=r"shard .*00000.tar is not a readable tar file"):
+        distill(distill_config(tiny_pipeline_dir, tmp_path / "junk", tmp_path / "b"))
+    import webdataset as wds
+
+    (tmp_path / "nocaption").mkdir()
+    with wds.TarWriter(str(tmp_path / "nocaption" / "00000.tar")) as sink:
+        sink.write({"__key__": "a", "png": Image.new("RGB", (8, 8)), "json": {"x": 1}})
+    with pytest.raises(DataError, match=r"holds \['json', 'png'\]; each sample needs an image .* and a caption"):
+        distill(distill_config(tiny_pipeline_dir, tmp_path / "nocaption", tmp_path / "c"))
+    with pytest.raises(DataError, match=r"4 shards for 2 processes x 3 loader workers"):
+        ShardData(str(write_shards(tmp_path / "few")), 32).for_rank(0, 2).dataset(3)
+    assert not any((tmp_path / name / "metrics.csv").exists() for name in "abc")
+
+
+def write_dataset(folder: Path, n: int = 10) -> Path:
+    import datasets
+
+    rng = np.random.default_rng(2)
+    pictures = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+    table = datasets.Dataset.from_dict({"picture": pictures, "caption": [f"row {i}" for i in range(n)]},
+                                       features=datasets.Features({"picture": datasets.Image(),
+                                                                   "caption": datasets.Value("string")}))
+    table.save_to_disk(str(folder / "saved"))
+    table.to_parquet(str(folder / "table.parquet"))
+    return folder
+
+
+def test_a_datasets_dataset_trains_by_its_columns_with_workers_and_streamed(tiny_pipeline_dir, tmp_path):
+    from studio.kinds.hfdatasets import StreamedDataset
+
+    folder = write_dataset(tmp_path / "ds")
+    columns = dict(image_column="picture", caption_column="caption")
+    saved = distill(distill_config(tiny_pipeline_dir, folder / "saved", tmp_path / "saved", **columns))
+    parquet = distill(distill_config(tiny_pipeline_dir, folder / "table.parquet", tmp_path / "parquet",
+                                     data_workers=2, **columns))
+    assert [r["loss_total"] for r in metrics(saved)] == [r["loss_total"] for r in metrics(parquet)]
+    streamed = distill(distill_config(tiny_pipeline_dir, folder / "saved", tmp_path / "streamed", streaming=True,
+                                      **columns))
+    assert len(metrics(streamed)) == 4
+    parts = [StreamedDataset(str(folder / "saved"), 32, "picture", "caption").for_rank(rank, 2) for rank in (0, 1)]
+    seen = [set(part.batch(5)[1]) for part in parts]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == {f"row {i}" for i in range(10)}
+    with pytest.raises(DataError, match=r"has no column 'image' \(--image-column\); its columns: picture, caption"):
+        distill(distill_config(tiny_pipeline_dir, folder / "table.parquet", tmp_path / "bad"))

@@ -208,6 +208,8 @@ def prefetched(data, workers: int, size: int, rng_for_draw: Callable[[int], rand
                pin_memory: bool = False):
     """`data` with its batches decoded ahead in `workers` processes where it can be (a source with `plan` and
     `load`, such as an imagefolder); as it is otherwise, or with no workers."""
+    if hasattr(data, "start"):  # a stream (shards): decoded by its own loader, begun where a resumed run was
+        return data.start(workers, size, first, pin_memory)
     if workers <= 0 or not (hasattr(data, "plan") and hasattr(data, "load")):
         return data
     return Prefetched(data, workers, size, rng_for_draw, first, pin_memory)
@@ -252,9 +254,12 @@ class _DrawnSlice:
 
 
 def rank_slice(data, rank: int, world: int):
-    """`data` as process `rank` of `world` reads it: its slice of the batch all processes draw together."""
+    """`data` as process `rank` of `world` reads it: its slice of the batch all processes draw together, or for a
+    stream (shards), its own shards."""
     if world == 1:
         return data
+    if hasattr(data, "for_rank"):
+        return data.for_rank(rank, world)
     return (_PlannedSlice if hasattr(data, "plan") else _DrawnSlice)(data, rank, world)
 
 

@@ -1,18 +1,29 @@
-"""The data a trainer reads, from its `--data` string: a feature cache (studio/kinds/features/cache.py), a registered
-source or an imagefolder (studio/kinds/data.py), or the teacher's own images for captions of one of them."""
+"""The data a trainer reads, from its `--data` string: a feature cache (studio/kinds/features/cache.py), webdataset
+shards (studio/kinds/shards.py), a datasets dataset (studio/kinds/hfdatasets.py), a registered source or an imagefolder (studio/kinds/data.py), or the teacher's own
+images for captions of one of them."""
 
 from pathlib import Path
 
 from studio.kinds.data import DataError, open_data, teacher_images
 from studio.kinds.features.cache import CachedFeatures, is_cache
+from studio.kinds.hfdatasets import HFDatasetData, StreamedDataset, is_hf_dataset
+from studio.kinds.shards import ShardData, is_shards
 
 
 def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
-                       guidance: float = 7.5, callback=None, teacher_name: str | None = None):
+                       guidance: float = 7.5, callback=None, teacher_name: str | None = None,
+                       columns: tuple[str, str] = ("image", "text"), streaming: bool = False):
     """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
     captions, drawn once into OUT/synthetic. A feature cache must be `teacher_name`'s at its resolution."""
     resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
-    data = CachedFeatures(source) if is_cache(source) else open_data(source, resolution)
+    if is_cache(source):
+        data = CachedFeatures(source)
+    elif is_shards(source):
+        data = ShardData(source, resolution, seed)
+    elif is_hf_dataset(source):
+        data = (StreamedDataset if streaming else HFDatasetData)(source, resolution, *columns)
+    else:
+        data = open_data(source, resolution)
     if isinstance(data, CachedFeatures):
         data.check_for(teacher_name, resolution)
         if synthetic > 0:

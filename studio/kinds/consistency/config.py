@@ -20,8 +20,10 @@ class ConsistencyConfig(TrainingSwitches):
                                      "and the ODE teacher unless --ode-teacher student)", max_length=1000)
     arch: str = option(REQUIRED, "the student's block layout: base, small, tiny or custom:...", label="student",
                        max_length=200)
-    data: str = option(REQUIRED, "an imagefolder (metadata.jsonl), a feature cache (python -m studio precompute) or "
-                                 "a registered source such as 'toy'",
+    data: str = option(REQUIRED, "an imagefolder (metadata.jsonl), webdataset shards (a folder of .tar, a pattern "
+                                 "such as shards/{00000..00009}.tar, pipe: URLs), a datasets dataset (save_to_disk "
+                                 "folder, parquet or arrow files, hf:NAME), a feature cache (python -m studio "
+                                 "precompute) or a registered source such as 'toy'",
                        max_length=1000)
     out: str = option(REQUIRED, "the run's folder: checkpoints, metrics.csv, validation images, result",
                       max_length=1000)

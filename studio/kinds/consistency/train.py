@@ -104,7 +104,8 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config.optimizer, config.lr, config.weight_decay)
     data = open_training_data(config.data, teacher, out, config.synthetic, config.seed,
-                              *family_sampling(config.teacher), callback=callback, teacher_name=config.teacher)
+                              *family_sampling(config.teacher), callback=callback, teacher_name=config.teacher,
+                              columns=(config.image_column, config.caption_column), streaming=config.streaming)
 
     checkpoint = latest_checkpoint(out) if config.resume else None
     start_step = 0

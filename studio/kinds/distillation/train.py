@@ -36,8 +36,9 @@ from studio.models.loading import load_pipeline, share_components
 from studio.progress import Callback, report
 
 # seconds: the training loop's time so far; data_seconds: how much of it went to waiting for batches (decoding in the
-# loop, or what loader workers had not yet made).
-METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds", "data_seconds"]
+# loop, or what loader workers had not yet made); bad_rows: unreadable imagefolder rows passed over since (re)start.
+METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr", "seconds", "data_seconds",
+           "bad_rows"]
 
 
 def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
@@ -60,10 +61,12 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
     if config.synthetic and not main:
         accelerator.wait_for_everyone()  # the main process draws the teacher's images first
     data = open_training_data(config.data, teacher, out, config.synthetic, config.seed, *family_sampling(config.teacher),
-                              teacher_name=config.teacher)
+                              teacher_name=config.teacher,
+                              columns=(config.image_column, config.caption_column), streaming=config.streaming)
     if config.synthetic and main:
         accelerator.wait_for_everyone()
     empty_context = data.empty_context() if hasattr(data, "empty_context") else None  # a feature cache's
+    source = data  # counts the bad rows its batches passed over (bad_met)
     for part in (teacher.vae, teacher.text_encoder, teacher.unet):
         part.requires_grad_(False).eval()
     plan = plan_student(teacher.unet.config, config.arch)
@@ -155,7 +158,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             if main and due(done, config.log_every, config.steps):
                 log.write({"step": done, **losses, "lr": scheduler.get_last_lr()[0],
                            "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 3),
-                           "data_seconds": round(log.data_seconds_before + data_seconds, 3)})
+                           "data_seconds": round(log.data_seconds_before + data_seconds, 3),
+                           "bad_rows": getattr(source, "bad_met", 0)})
             if main:
                 report(callback, "distill", done, config.steps, loss=losses["loss_total"])
             if due(done, config.checkpoint_every, config.steps) or stopping:
