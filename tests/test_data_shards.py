@@ -73,3 +73,25 @@ def test_an_imagefolder_becomes_shards_and_bad_inputs_are_named(tmp_path):
     no_captions.write_text("url\nhttp://127.0.0.1:9/a.jpg\n")
     with pytest.raises(DataError, match=r"no column 'caption' \(--caption-column\); its columns: url"):
         make_shards(str(no_captions), tmp_path / "none", 32)
+
+
+def test_the_train_tab_takes_a_path_in_a_local_studio_only(tiny_catalog, tmp_path):
+    from studio.jobs import JobManager
+    from studio.ui.train import train_start
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "00000.tar").write_bytes(b"junk" * 100)
+    jobs = JobManager(tmp_path / "jobs")
+
+    def start(path, allow_paths):
+        return train_start(jobs, tiny_catalog, "tiny-teacher", "tiny", "1", False, True, "path", None, 10, 1e-4, 1.0,
+                           1.0, 1.0, 2, 1, str(path), allow_paths=allow_paths)
+
+    with pytest.raises(ValueError, match=r"data: must be one of .*upload, got 'path'"):
+        start(shards, allow_paths=False)  # public mode: no server paths
+    with pytest.raises(DataError, match=r"shard .*00000.tar is not a readable tar file"):
+        start(shards, allow_paths=True)  # the trainer's own checks, before a job folder is made
+    with pytest.raises(ValueError, match="data path: empty"):
+        start("  ", allow_paths=True)
+    assert not jobs.root.exists() or not any(jobs.root.iterdir())

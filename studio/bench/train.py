@@ -6,7 +6,8 @@ The real trainer runs (`python -m studio distill`, one process per round, alone 
 a slow minute of the machine falls on all of them. A step's time and data wait come from the run's metrics.csv
 (`seconds`, `data_seconds`); the first step of every round is left out (warm-up: the first batch, allocations).
 The data is an imagefolder of 640x480 noise JPEGs (as web photos come; noise is the slowest case for a JPEG
-decoder) and its feature cache, made first (its time is reported too). Peak memory is the trainer process's peak
+decoder), the same images as webdataset shards at the training resolution, and their feature cache, made first
+(the cache's time is reported too). Peak memory is the trainer process's peak
 RSS (loader workers are processes of their own, not counted in it).
 """
 
@@ -38,7 +39,12 @@ def bench_train(teacher: str, arch: str, batch: int, workers: int, rounds: int, 
     subprocess.run([sys.executable, "-m", "studio", "precompute", "--teacher", teacher, "--data", str(data),
                     "--out", str(folder / "cache"), "--batch-size", str(batch)], check=True, cwd=PROJECT_ROOT)
     precompute_seconds = time.perf_counter() - started
+    from studio.kinds.shards import make_shards
+
+    resolution = json.loads((folder / "cache" / "features.json").read_text())["resolution"]  # the teacher's
+    make_shards(str(data), folder / "shards", resolution, per_shard=max(1, images // (2 * max(workers, 1))))
     settings = {"images, in the loop": (data, 0), f"images, {workers} loader workers": (data, workers),
+                f"shards, {workers} loader workers": (folder / "shards", workers),
                 "cached features": (folder / "cache", 0)}
     outs = {name: folder / f"run-{i}" for i, name in enumerate(settings)}
     for round_number in range(1, rounds + 1):

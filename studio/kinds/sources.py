@@ -1,6 +1,6 @@
 """The data a trainer reads, from its `--data` string: a feature cache (studio/kinds/features/cache.py), webdataset
-shards (studio/kinds/shards.py), a datasets dataset (studio/kinds/hfdatasets.py), a registered source or an imagefolder (studio/kinds/data.py), or the teacher's own
-images for captions of one of them."""
+shards (studio/kinds/shards.py), a datasets dataset (studio/kinds/hfdatasets.py), a registered source or an
+imagefolder (studio/kinds/data.py), or the teacher's own images for captions of one of them."""
 
 from pathlib import Path
 
@@ -10,27 +10,32 @@ from studio.kinds.hfdatasets import HFDatasetData, StreamedDataset, is_hf_datase
 from studio.kinds.shards import ShardData, is_shards
 
 
+def open_source(source: str, resolution: int, teacher_name: str | None = None, seed: int = 0,
+                columns: tuple[str, str] = ("image", "text"), streaming: bool = False):
+    """`--data` opened and checked, before any training: a feature cache must be `teacher_name`'s at `resolution`."""
+    if is_cache(source):
+        data = CachedFeatures(source)
+        data.check_for(teacher_name, resolution)
+        return data
+    if is_shards(source):
+        return ShardData(source, resolution, seed)
+    if is_hf_dataset(source):
+        return (StreamedDataset if streaming else HFDatasetData)(source, resolution, *columns)
+    return open_data(source, resolution)
+
+
 def open_training_data(source: str, teacher, out: Path, synthetic: int = 0, seed: int = 0, steps: int = 25,
                        guidance: float = 7.5, callback=None, teacher_name: str | None = None,
                        columns: tuple[str, str] = ("image", "text"), streaming: bool = False):
     """The data a trainer reads: `source` itself, or (`synthetic` > 0) the teacher's images for that many of its
-    captions, drawn once into OUT/synthetic. A feature cache must be `teacher_name`'s at its resolution."""
-    resolution = teacher.unet.config.sample_size * teacher.vae_scale_factor
-    if is_cache(source):
-        data = CachedFeatures(source)
-    elif is_shards(source):
-        data = ShardData(source, resolution, seed)
-    elif is_hf_dataset(source):
-        data = (StreamedDataset if streaming else HFDatasetData)(source, resolution, *columns)
-    else:
-        data = open_data(source, resolution)
-    if isinstance(data, CachedFeatures):
-        data.check_for(teacher_name, resolution)
-        if synthetic > 0:
-            raise DataError(f"--data {source} is a feature cache, which has no images to replace by the teacher's; "
-                            "draw the teacher's images first, then precompute a cache of them")
+    captions, drawn once into OUT/synthetic."""
+    data = open_source(source, teacher.unet.config.sample_size * teacher.vae_scale_factor, teacher_name, seed, columns,
+                       streaming)
     if synthetic <= 0:
         return data
+    if isinstance(data, CachedFeatures):
+        raise DataError(f"--data {source} is a feature cache, which has no images to replace by the teacher's; "
+                        "draw the teacher's images first, then precompute a cache of them")
     if not hasattr(data, "captions"):
         raise DataError(f"--data {source}: this source gives no captions to draw teacher images for")
     return teacher_images(data, teacher, Path(out) / "synthetic", synthetic, seed, steps, guidance, callback)

@@ -12,6 +12,7 @@ from studio.jobs import JobError, JobManager, extract_dataset_zip, unpacked_byte
 from studio.kinds.data import DATA_SOURCES, DataError, open_data
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.evaluation.sensitivity import predict, removed_units
+from studio.kinds.sources import open_source
 from studio.models.catalog import Catalog, read_configs
 from studio.models.compression import StudentSpec, plan_student, resolve_spec
 from studio.models.profiling import input_geometry, profile_students
@@ -87,14 +88,16 @@ def sensitivity_view(catalog: Catalog, teacher: str, preset: str, layers: str, k
 
 
 def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, keep_mid, keep_innermost, data_source,
-                upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8, processes=1) -> tuple[str, str]:
-    """Start a distillation job; (job id, message). Everything is checked before a job folder is made."""
+                upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size=8, processes=1, data_path="",
+                allow_paths=False) -> tuple[str, str]:
+    """Start a distillation job; (job id, message). Everything is checked before a job folder is made. `data_source`
+    "path" trains on `data_path`, a folder or pattern on this machine (a local studio only: `allow_paths`)."""
     entry = teacher_entry(catalog, teacher)
     spec = spec_from_controls(preset, layers, keep_mid, keep_innermost)
     family = catalog.family(entry.family)
     steps = number("steps", steps, int)
     config = DistillConfig(
-        teacher=teacher, arch=str(spec), data=data_source, out="-",
+        teacher=teacher, arch=str(spec), data=data_path if data_source == "path" else data_source, out="-",
         steps=steps, batch_size=number("batch size", batch_size, int), lr=number("learning rate", lr, float),
         lambda_task=number("λ task", lambda_task, float), lambda_out=number("λ output KD", lambda_out, float),
         lambda_feat=number("λ feature KD", lambda_feat, float), validation_prompts=family.validation_prompts[:2],
@@ -110,8 +113,14 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
                              "file_name and text, and the images)")
     elif data_source in DATA_SOURCES:
         open_data(data_source, resolution)  # e.g. the toy world's 64x64 scenes: for teachers that draw at 64 px
+    elif data_source == "path" and allow_paths:
+        if not str(data_path).strip():
+            raise ValueError("data path: empty; give an imagefolder, webdataset shards, a datasets folder or parquet, "
+                             "or a feature cache on this machine")
+        open_source(data_path, resolution, teacher)  # the trainer's own checks, before a job starts
     else:
-        raise ValueError(f"data: must be one of {', '.join([*DATA_SOURCES, 'upload'])}, got {data_source!r}")
+        choices = [*DATA_SOURCES, "upload", *(["path"] if allow_paths else [])]
+        raise ValueError(f"data: must be one of {', '.join(choices)}, got {data_source!r}")
 
     def prepare(folder: Path) -> dict:
         if data_source != "upload":
@@ -151,8 +160,14 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             sensitivity_map = gr.Image(label="Block sensitivity (each unit removed alone)", type="filepath",
                                        interactive=False, scale=2)
         with gr.Row():
-            data_source = inputs.Radio([*DATA_SOURCES, "upload"], value=studio.family.train_data or "upload",
-                                   label="Data (a registered source, or an uploaded zip)")
+            local = not studio.hosting.public
+            data_source = inputs.Radio([*DATA_SOURCES, "upload", *(["path"] if local else [])],
+                                       value=studio.family.train_data or "upload",
+                                       label="Data (a registered source, an uploaded zip"
+                                             + (", or a path on this machine)" if local else ")"))
+            data_path = inputs.Textbox(value="", label="Data path: an imagefolder, webdataset shards (folder or "
+                                             "{00000..00099}.tar pattern), a datasets folder or parquet, a feature "
+                                             "cache", visible=local)
             upload = inputs.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
                              type="filepath")
         with gr.Row():
@@ -193,7 +208,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
 
     @endpoint("train_start")
     def on_start(teacher, preset, layers, keep_mid, keep_innermost, data_source, upload, steps, lr, lambda_task,
-                 lambda_out, lambda_feat, batch_size, processes, request: gr.Request):
+                 lambda_out, lambda_feat, batch_size, processes, data_path, request: gr.Request):
         """Start distilling a block-removed student from its teacher as a background job (the paper's task, output
         KD and feature KD losses); returns a message and the new job's id.
 
@@ -203,7 +218,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             layers: custom only: layers kept per down stage
             keep_mid: custom only: keep the mid block
             keep_innermost: custom only: keep the innermost stage
-            data_source: a registered data source (e.g. toy) or upload
+            data_source: a registered data source (e.g. toy), upload, or (local studio) path
             upload: with data_source upload: a zip in the imagefolder layout (metadata.jsonl and images)
             steps: optimizer steps
             lr: learning rate
@@ -213,12 +228,14 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             batch_size: images per step and process
             processes: training processes (accelerate launch): one per GPU, or on a CPU processes that share its
                 threads
+            data_path: with data_source path (a local studio only): an imagefolder, shards, a datasets folder or
+                parquet, or a feature cache on the studio's machine
         """
         with studio.errors():
             jobs = studio.workspace(request).jobs
             job_id, text = train_start(jobs, studio.catalog, teacher, preset, layers, keep_mid, keep_innermost,
                                        data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat, batch_size,
-                                       processes)
+                                       processes, data_path, allow_paths=not studio.hosting.public)
             return text, gr.update(choices=jobs.ids("distill"), value=job_id)
 
     @endpoint("train_cancel")
@@ -248,7 +265,7 @@ def build(app: gr.Blocks, studio: Studio) -> None:
     preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom_row, api_visibility="private",
                   queue=False)
     start.click(on_start, [*design_inputs[:5], data_source, upload, steps, lr, lambda_task, lambda_out, lambda_feat,
-                           batch_size, processes], [message, monitor.job], api_name="train_start")
+                           batch_size, processes, data_path], [message, monitor.job], api_name="train_start")
     cancel.click(on_cancel, monitor.job, message, api_name="train_cancel")
     resume.click(on_resume, monitor.job, message, api_name="train_resume")
     monitor.wire(app, tab, "train_status")
