@@ -365,3 +365,35 @@ def test_a_datasets_dataset_trains_by_its_columns_with_workers_and_streamed(tiny
     assert not seen[0] & seen[1] and seen[0] | seen[1] == {f"row {i}" for i in range(10)}
     with pytest.raises(DataError, match=r"has no column 'image' \(--image-column\); its columns: picture, caption"):
         distill(distill_config(tiny_pipeline_dir, folder / "table.parquet", tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("name, engine", [("fsdp", "FSDP"), ("deepspeed-zero2", "DEEPSPEED")])
+def test_gpu_engines_are_refused_where_accelerate_would_run_plain_ddp(name, engine, tiny_pipeline_dir, monkeypatch):
+    """On a CPU accelerate runs an FSDP or DeepSpeed config as plain data parallel (measured: the card said
+    MULTI_CPU); the studio says so before launching rather than run something else than asked."""
+    from studio.kinds.launch import CONFIG_DIR
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = distill_config(tiny_pipeline_dir, "toy", "/tmp/run", processes=2,
+                            accelerate_config=str(CONFIG_DIR / f"{name}.yaml"))
+    with pytest.raises(ValueError, match=rf"{name}.yaml asks for {engine}, which accelerate runs on CUDA GPUs only"):
+        config.check()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, engine", [("deepspeed-zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_deepspeed_and_fsdp_train_on_a_gpu(name, engine, tiny_pipeline_dir, tmp_path):
+    """On CUDA (not run on the CPU machines of CI): the shipped config drives the run, one process."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if engine == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    from studio.kinds.launch import CONFIG_DIR
+
+    out = tmp_path / name
+    command = [sys.executable, "-m", "studio", "distill", "--teacher", str(tiny_pipeline_dir), "--arch", "tiny",
+               "--data", "toy", "--out", str(out), "--steps", "3", "--batch-size", "2", "--checkpoint-every", "3",
+               "--accelerate-config", str(CONFIG_DIR / f"{name}.yaml"), "--main-process-port", str(free_port())]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "card.json").read_text())["result"]["distributed"] == engine

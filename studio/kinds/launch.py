@@ -46,6 +46,23 @@ class LaunchOptions:
         if self.accelerate_config and not Path(self.accelerate_config).is_file():
             raise ValueError(f"accelerate config (--accelerate-config): {self.accelerate_config} is not a file; "
                              f"shipped ones: {', '.join(p.name for p in sorted(CONFIG_DIR.glob('*.yaml')))}")
+        if self.accelerate_config:
+            check_engine(self.accelerate_config)
+
+
+GPU_ENGINES = ("DEEPSPEED", "FSDP")  # accelerate runs these on GPUs only: on a CPU it falls back to plain DDP
+
+
+def check_engine(path: str) -> None:
+    """Refuse a DeepSpeed or FSDP config where accelerate would quietly run plain data parallel instead."""
+    import torch
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    engine = load_config_from_file(path).distributed_type.name
+    if engine in GPU_ENGINES and not torch.cuda.is_available():
+        raise ValueError(f"accelerate config (--accelerate-config): {Path(path).name} asks for {engine}, which "
+                         "accelerate runs on CUDA GPUs only, and this machine has none; leave the config out "
+                         "(--processes alone: data parallel over gloo)")
 
 
 def launched() -> bool:
@@ -54,7 +71,8 @@ def launched() -> bool:
 
 
 def needs_launch(config: LaunchOptions) -> bool:
-    return config.total_processes > 1 and not launched()
+    """More than one process, or an accelerate config (DeepSpeed, FSDP: their engines wrap even one process)."""
+    return (config.total_processes > 1 or bool(config.accelerate_config)) and not launched()
 
 
 def threads_per_process(config: LaunchOptions) -> int:

@@ -100,6 +100,8 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
             ema.optimization_step = checkpoint.step
         start_step = checkpoint.step
+    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed sizes its engine by the per-GPU batch
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     # Each process reads its slice of the global batch, planned from the rng all processes share.
     data = prefetched(rank_slice(data, rank, world), config.data_workers, config.batch_size,
@@ -164,12 +166,13 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                 report(callback, "distill", done, config.steps, loss=losses["loss_total"])
             if due(done, config.checkpoint_every, config.steps) or stopping:
                 accelerator.wait_for_everyone()
+                weights = accelerator.get_state_dict(student)  # every process takes part (sharded engines gather)
                 if main:
                     unwrapped = accelerator.unwrap_model(student)
                     states = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict()}
                     if ema is not None:
                         states["ema.pt"] = ema.state_dict()  # shadow weights, decay and step count
-                    save_checkpoint(out, done, {"student.safetensors": unwrapped.state_dict()}, states,
+                    save_checkpoint(out, done, {"student.safetensors": weights}, states,
                                     keep=config.checkpoints_total_limit)
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
@@ -187,7 +190,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         result.to(torch.float32).save_pretrained(out / "unet", safe_serialization=True)
         write_card(out, "distill", config, config.steps, losses, time.perf_counter() - started,
                    sum(p.numel() for p in result.parameters()), teacher=config.teacher, arch=str(plan.spec),
-                   processes=world)
+                   processes=world, distributed=accelerator.distributed_type.name)
     accelerator.wait_for_everyone()
     return out
 
