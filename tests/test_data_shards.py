@@ -7,7 +7,6 @@ import http.server
 import json
 import threading
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import pytest

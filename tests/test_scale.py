@@ -397,3 +397,17 @@ def test_deepspeed_and_fsdp_train_on_a_gpu(name, engine, tiny_pipeline_dir, tmp_
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "card.json").read_text())["result"]["distributed"] == engine
+
+
+def test_loader_workers_count_in_the_jobs_cpu_budget(monkeypatch):
+    from studio.kinds.training import share_threads_with_workers
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        share_threads_with_workers(2)
+        assert torch.get_num_threads() == 2  # 4 threads for the job: 2 workers, 2 for the loop
+        share_threads_with_workers(8)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -64,6 +64,16 @@ def memory_switches(unet, gradient_checkpointing: bool, tf32: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def share_threads_with_workers(workers: int) -> None:
+    """Loader workers count in the job's CPU budget (OMP_NUM_THREADS, the studio's share for it): each takes one
+    thread (torch runs a DataLoader worker single-threaded), the training loop keeps the rest, at least one."""
+    import os
+
+    budget = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    if workers > 0 and budget:
+        torch.set_num_threads(max(1, budget - workers))
+
+
 class TrainingError(RuntimeError):
     """A run that had to stop; its last good checkpoint and its logs are kept."""
 

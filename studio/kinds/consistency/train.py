@@ -29,8 +29,8 @@ from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
-    make_optimizer, memory_switches, save_checkpoint, save_validation, step_draws, tokenize, training_scheduler,
-    write_card,
+    make_optimizer, memory_switches, save_checkpoint, save_validation, share_threads_with_workers, step_draws,
+    tokenize, training_scheduler, write_card,
 )
 from studio.models.loading import load_pipeline, load_unet, share_components
 from studio.progress import Callback, report
@@ -131,6 +131,7 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     alphas_cumprod = alphas_cumprod.to(device)
     solver.alphas_cumprod, solver.alpha_prev = alphas_cumprod, solver.alpha_prev.to(device)
     empty_context = teacher.text_encoder(tokenize(teacher.tokenizer, [""]).to(device))[0]
+    share_threads_with_workers(config.data_workers)
     data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_draws(config.seed, draw)[0],
                       start_step, pin_memory=device.type == "cuda")
     loop_started, loss = time.perf_counter(), torch.tensor(float("nan"))

@@ -28,8 +28,8 @@ from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
     MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
-    make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, step_draws, training_scheduler,
-    write_card,
+    make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, share_threads_with_workers,
+    step_draws, training_scheduler, write_card,
 )
 from studio.models.compression import build_student, plan_student
 from studio.models.loading import load_pipeline, share_components
@@ -104,6 +104,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     # Each process reads its slice of the global batch, planned from the rng all processes share.
+    share_threads_with_workers(config.data_workers)
     data = prefetched(rank_slice(data, rank, world), config.data_workers, config.batch_size,
                       lambda draw: step_draws(config.seed, draw)[0], start_step * config.grad_accum,
                       pin_memory=device.type == "cuda")
