@@ -94,3 +94,19 @@ def test_the_train_tab_takes_a_path_in_a_local_studio_only(tiny_catalog, tmp_pat
     with pytest.raises(ValueError, match="data path: empty"):
         start("  ", allow_paths=True)
     assert not jobs.root.exists() or not any(jobs.root.iterdir())
+
+
+def test_an_uploaded_imagefolder_is_read_as_one_whatever_else_it_holds(tmp_path):
+    """A visitor's zip unpacks with metadata.jsonl (the upload check needs it): a parquet, a feature index or tar
+    files beside it do not turn it into a datasets table, a cache or shards the trainer would read instead."""
+    from studio.kinds.data import ImageFolderData
+    from studio.kinds.sources import open_source
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(folder / "a.png")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a thing"}) + "\n")
+    (folder / "table.parquet").write_bytes(b"PAR1")
+    (folder / "features.json").write_text("{}")
+    (folder / "00000.tar").write_bytes(b"x")
+    assert isinstance(open_source(str(folder), 32), ImageFolderData)

@@ -55,11 +55,14 @@ ENDPOINTS = {
                 ("resolution", "resolution", 0, [-8, 13, "abc", 10**9])],
     "/train_start": [("teacher", "teacher", "tiny-teacher", CHOICE + OTHER_FAMILIES), ("preset", "student", "custom", CHOICE),
                      ("layers", "layers", "1", ["abc"]), ("keep_mid", "keep mid", False, ["abc"]),
-                     ("keep_innermost", "innermost", True, ["abc"]), ("data", "data", "toy", CHOICE + ["upload"]),
+                     ("keep_innermost", "innermost", True, ["abc"]),
+                     ("data", "data", "toy", CHOICE + ["upload", "path"]),  # path: a local studio's only
                      ("upload", "data", None, []), ("steps", "steps", 10, WHOLE + [0]),
                      ("lr", "learning rate", 1e-4, REAL + [0.0]), ("lambda_task", "λ task", 1.0, REAL),
                      ("lambda_out", "λ output", 1.0, REAL), ("lambda_feat", "λ feature", 1.0, REAL),
-                     ("batch_size", "batch size", 2, WHOLE + [0, 10**6])],
+                     ("batch_size", "batch size", 2, WHOLE + [0, 10**6]),
+                     ("processes", "processes", 1, WHOLE + [0, 2]),  # 2: a public host runs one a job
+                     ("data_path", "data", "", [])],  # read only with data "path", refused above
     "/train_status": [("job", "job", None, JOB_STATUS)],
     "/consistency_start": [("student", "student", "tiny-small", CHOICE + ["tiny-teacher", "bk-sdm-small", "toy-bk-tiny"]),
                            ("mode", "mode", "full", CHOICE), ("ode", "ODE teacher", "teacher", CHOICE),

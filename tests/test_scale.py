@@ -411,3 +411,14 @@ def test_loader_workers_count_in_the_jobs_cpu_budget(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_streamed_dataset_resumes_where_it_stopped_even_past_a_pass(tiny_pipeline_dir, tmp_path):
+    """10 rows, batch 3: a run resumed after 4 steps (12 rows, into the second pass) gives the losses of 5 straight."""
+    folder = write_dataset(tmp_path / "ds")
+    columns = dict(image_column="picture", caption_column="caption", streaming=True, data_workers=2, steps=5)
+    straight = distill(distill_config(tiny_pipeline_dir, folder / "saved", tmp_path / "straight", **columns))
+    part = tmp_path / "part"
+    distill(distill_config(tiny_pipeline_dir, folder / "saved", part, **{**columns, "steps": 4}))
+    distill(distill_config(tiny_pipeline_dir, folder / "saved", part, resume=True, **columns))
+    assert [r["loss_total"] for r in metrics(part)] == [r["loss_total"] for r in metrics(straight)]

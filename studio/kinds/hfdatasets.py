@@ -15,12 +15,13 @@ what its steps already took.
 import glob
 import io
 import random
+import zlib
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from studio.images import square, to_uint8_tensor, to_unit_range
+from studio.images import ImageTooLarge, check_pixels, square, to_uint8_tensor, to_unit_range
 from studio.kinds.data import DataError
 
 
@@ -60,6 +61,7 @@ def _pixels(value, resolution: int, flip: bool) -> torch.Tensor:
     elif isinstance(value, str):
         value = Image.open(value)
     with value as image:
+        check_pixels(image, "image")
         return to_uint8_tensor(square(image, resolution), flip=flip)
 
 
@@ -88,7 +90,12 @@ class HFDatasetData:
 
     def load(self, plan):
         rows = self.table[[row for row, _ in plan]]  # one read of the planned rows, columns as lists
-        images = [_pixels(value, self.resolution, flip) for value, (_, flip) in zip(rows[self.image_column], plan)]
+        images = []
+        for value, (row, flip) in zip(rows[self.image_column], plan):
+            try:
+                images.append(_pixels(value, self.resolution, flip))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, ImageTooLarge) as error:
+                raise DataError(f"--data {self.source}: row {row}'s image can't be used ({error})") from None
         return torch.stack(images), [str(text) for text in rows[self.caption_column]]
 
     @staticmethod
@@ -111,13 +118,13 @@ class StreamedDataset:
     """A streamed dataset: each process reads its part, the next samples in order at every batch."""
 
     def __init__(self, source: str, resolution: int, image_column: str = "image", caption_column: str = "text",
-                 rank: int = 0, world: int = 1):
-        self.source, self.resolution, self.rank, self.world = source, resolution, rank, world
+                 rank: int = 0, world: int = 1, seed: int = 0):
+        self.source, self.resolution, self.rank, self.world, self.seed = source, resolution, rank, world, seed
         self.image_column, self.caption_column = image_column, caption_column
         self.stream_table = _load(source, streaming=True)
         check_columns(source, self.stream_table.column_names, image_column, caption_column)
         self.skipped: list[str] = []
-        self._samples, self._workers = None, 0
+        self._samples, self._workers, self._pin, self._pass, self._fresh = None, 0, False, 0, False
 
     def for_rank(self, rank: int, world: int) -> "StreamedDataset":
         from datasets.distributed import split_dataset_by_node
@@ -127,32 +134,50 @@ class StreamedDataset:
                               "stream_table": split_dataset_by_node(self.stream_table, rank, world)})
         return mine
 
-    def start(self, workers: int, size: int, first_draw: int, pin_memory: bool = False) -> "StreamedDataset":
+    def _open_pass(self, skip: int = 0):
+        """An iterator over one pass of this process's part, from row `skip` of it on, decoded by the loader's
+        workers. Each image's mirror flip is a hash of (seed, process, pass, caption): the same however many workers
+        decode it and whether the run was resumed."""
         resolution, image_column, caption_column = self.resolution, self.image_column, self.caption_column
-        flips = random.Random(self.rank)
+        salt = f"{self.seed}/{self.rank}/{self._pass}/"
 
         def decode(row):
-            return {"pixels": _pixels(row[image_column], resolution, flips.random() < 0.5),
-                    "caption": str(row[caption_column])}
+            caption = str(row[caption_column])
+            flip = zlib.crc32((salt + caption).encode()) & 1 == 1
+            return {"pixels": _pixels(row[image_column], resolution, flip), "caption": caption}
 
-        table = self.stream_table.map(decode, remove_columns=self.stream_table.column_names)
-        loader = torch.utils.data.DataLoader(table, batch_size=None, num_workers=workers, pin_memory=pin_memory)
-        self._samples, self._workers = iter(loader), workers
-        for _ in range(first_draw * size):  # resumed: the samples the steps before took
-            next(self._samples)
+        table = self.stream_table.skip(skip) if skip else self.stream_table
+        table = table.map(decode, remove_columns=self.stream_table.column_names)
+        return iter(torch.utils.data.DataLoader(table, batch_size=None, num_workers=self._workers,
+                                                pin_memory=self._pin))
+
+    def start(self, workers: int, size: int, first_draw: int, pin_memory: bool = False) -> "StreamedDataset":
+        """Begin at draw `first_draw` of `size` samples (a resumed run): the rows before are counted by caption only
+        (no image is decoded) to find the pass and the row in it."""
+        self._workers, self._pin, self._pass = workers, pin_memory, 0
+        taken = first_draw * size
+        if taken:
+            captions = self.stream_table.select_columns([self.caption_column]).take(taken + 1)
+            length = sum(1 for _ in captions)
+            if length <= taken:
+                self._pass, taken = divmod(taken, length)
+        self._samples = self._open_pass(taken)
         return self
 
     def batch(self, size: int, rng: random.Random | None = None):
         if self._samples is None:
             self.start(0, size, 0)
         taken = []
-        for _ in range(size):
+        while len(taken) < size:
             try:
                 taken.append(next(self._samples))
+                self._fresh = False
             except StopIteration:  # the end of a pass: the next one
-                self.start(self._workers, size, 0)
-                taken.append(next(self._samples))
-        return (to_unit_range(torch.stack([s["pixels"] for s in taken])), [s["caption"] for s in taken])
+                if self._fresh:
+                    raise DataError(f"--data {self.source}: a whole pass of the dataset gave no rows") from None
+                self._pass, self._fresh = self._pass + 1, True
+                self._samples = self._open_pass()
+        return to_unit_range(torch.stack([s["pixels"] for s in taken])), [s["caption"] for s in taken]
 
     def captions(self, size: int, rng: random.Random) -> list[str]:
         from itertools import islice

@@ -50,15 +50,22 @@ class LaunchOptions:
             check_engine(self.accelerate_config)
 
 
+SHUTDOWN_SECONDS = 300  # what torchrun waits for its processes after a cancel before it kills them
 GPU_ENGINES = ("DEEPSPEED", "FSDP")  # accelerate runs these on GPUs only: on a CPU it falls back to plain DDP
+
+
+def engine_of(path: str) -> str:
+    """The distributed type an accelerate config file asks for, e.g. MULTI_GPU, DEEPSPEED, FSDP."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return load_config_from_file(path).distributed_type.name
 
 
 def check_engine(path: str) -> None:
     """Refuse a DeepSpeed or FSDP config where accelerate would quietly run plain data parallel instead."""
     import torch
-    from accelerate.commands.config.config_args import load_config_from_file
 
-    engine = load_config_from_file(path).distributed_type.name
+    engine = engine_of(path)
     if engine in GPU_ENGINES and not torch.cuda.is_available():
         raise ValueError(f"accelerate config (--accelerate-config): {Path(path).name} asks for {engine}, which "
                          "accelerate runs on CUDA GPUs only, and this machine has none; leave the config out "
@@ -88,6 +95,9 @@ def accelerate_command(kind: str, config: LaunchOptions) -> list[str]:
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if config.accelerate_config:
         command += ["--config_file", config.accelerate_config]
+        if engine_of(config.accelerate_config) == "DEEPSPEED":  # else the file's values would win over the run's
+            command += ["--gradient_accumulation_steps", str(getattr(config, "grad_accum", 1)),
+                        "--gradient_clipping", str(getattr(config, "max_grad_norm", 1.0))]
     else:  # torchrun under the hood; on a CPU the trainer asks accelerate for gloo (Accelerator(cpu=True))
         command += ["--multi_gpu"]
     command += ["--mixed_precision", getattr(config, "mixed_precision", "no"),
@@ -112,12 +122,20 @@ def launch(kind: str, config: LaunchOptions) -> None:
     # A cancel (SIGTERM to the job's process group) reaches the processes too; this one waits for them to checkpoint
     # and stop rather than end first. A handler, not SIG_IGN: handlers are not inherited by the processes it starts.
     waiting = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: None) if waiting else None
+    cancelled = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True)) if waiting else None
+    # torchrun gives its processes 30 s after a SIGTERM before SIGKILL; a real-size checkpoint can take longer.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(SHUTDOWN_SECONDS)}
     try:
-        returncode = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        returncode = subprocess.run(command, env=env).returncode
     finally:
         if waiting:
             signal.signal(signal.SIGTERM, previous)
+    if cancelled:
+        from studio.kinds.training import TrainingCancelled
+
+        raise TrainingCancelled(f"cancelled; the processes saved a checkpoint of their last step in "
+                                f"{getattr(config, 'out', '?')}; continue with --resume")
     if returncode != 0:
         raise TrainingError(f"the {config.total_processes} training processes ended with exit status {returncode}; "
                             f"their output is above; checkpoints so far are kept in {getattr(config, 'out', '?')}")

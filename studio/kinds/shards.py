@@ -7,8 +7,9 @@
 Each process reads its own shards (shard i goes to process i mod P) and within a process each loader worker its
 own (worker w of W: every W-th of them), so one pass over the shards reads every sample once; the stream then
 starts its next pass (an endless stream for any number of steps). Mirroring is drawn per sample from an rng seeded
-by (seed, process, worker). A resumed run reads past the samples its steps already took (undecoded), so it
-continues the stream where the run stopped, with the same number of workers.
+by (seed, process, worker, pass). A resumed run passes over the samples its steps already took without decoding
+them, so it continues the stream where the run stopped (with the same number of workers; an image among them that
+fails to decode would shift it by one).
 """
 
 import io
@@ -81,49 +82,54 @@ class ShardData:
                             "needs at least one shard, so make more (smaller) shards")
         return mine
 
-    def dataset(self, workers: int):
-        """The webdataset pipeline of this process's shards: samples (uint8 image, caption)."""
+    def dataset(self, workers: int, skip: int = 0):
+        """The webdataset pipeline of this process's shards: samples (uint8 image, caption), from sample `skip` of the
+        stream on (the ones before are passed over undecoded)."""
         import webdataset as wds
 
         if len(self.urls) < self.world * max(workers, 1):
             raise DataError(f"--data {self.source}: {len(self.urls)} shards for {self.world} processes x "
                             f"{max(workers, 1)} loader workers; each needs at least one shard")
         rank, world, seed, resolution = self.rank, self.world, self.seed, self.resolution
+        state = {"pass": 0, "skip": None}  # per loader worker (each has its own copy)
 
         def my_shards(urls):
             return islice(urls, rank, None, world)
 
-        def decode(sample, flips):
-            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-            if image_key is None or "txt" not in sample:
-                return None
-            with Image.open(io.BytesIO(sample[image_key])) as image:
-                pixels = to_uint8_tensor(square(image, resolution), flip=flips.random() < 0.5)
-            return pixels, sample["txt"].decode("utf-8")
+        def usable(sample) -> str | None:
+            return next((k for k in IMAGE_KEYS if k in sample), None) if "txt" in sample else None
 
         def samples(stream):
             info = torch.utils.data.get_worker_info()
-            flips = random.Random(seed * 1_000_003 ** 2 + rank * 1_000_003 + (info.id if info else 0))
+            worker, workers_ = (info.id, info.num_workers) if info else (0, 1)
+            if state["skip"] is None:  # the loader takes sample k of the stream from worker k mod W
+                state["skip"] = max(0, (skip - worker + workers_ - 1) // workers_)
+            flips = random.Random(((seed * 1_000_003 + rank) * 1_000_003 + worker) * 1_000_003 + state["pass"])
+            state["pass"] += 1
             for sample in stream:
+                image_key = usable(sample)
+                if image_key is None:
+                    continue
+                if state["skip"] > 0:  # resumed: taken by the steps before (their mirror draw too)
+                    state["skip"] -= 1
+                    flips.random()
+                    continue
                 try:
-                    made = decode(sample, flips)
+                    with Image.open(io.BytesIO(sample[image_key])) as image:
+                        pixels = to_uint8_tensor(square(image, resolution), flip=flips.random() < 0.5)
                 except (OSError, SyntaxError, Image.DecompressionBombError, ValueError):
-                    made = None
-                if made is not None:
-                    yield made
+                    continue  # a damaged image: the next sample takes its place
+                yield pixels, sample["txt"].decode("utf-8")
 
         return wds.WebDataset(self.urls, nodesplitter=my_shards, workersplitter=wds.split_by_worker,
                               shardshuffle=False, handler=wds.warn_and_continue).compose(samples).repeat()
 
     def stream(self, workers: int, first_sample: int = 0, pin_memory: bool = False):
         """An iterator over this process's samples from sample `first_sample` on, decoded by `workers` processes."""
-        loader = torch.utils.data.DataLoader(self.dataset(workers), batch_size=None, num_workers=workers,
-                                             pin_memory=pin_memory, persistent_workers=workers > 0,
-                                             prefetch_factor=4 if workers else None)
-        samples = iter(loader)
-        for _ in range(first_sample):  # resumed: the samples the steps before took
-            next(samples)
-        return samples
+        loader = torch.utils.data.DataLoader(self.dataset(workers, first_sample), batch_size=None,
+                                             num_workers=workers, pin_memory=pin_memory,
+                                             persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        return iter(loader)
 
     def start(self, workers: int, size: int, first_draw: int, pin_memory: bool = False) -> "ShardData":
         """Begin the stream at draw `first_draw` of `size` samples (a resumed run), decoded by `workers`."""
@@ -133,7 +139,11 @@ class ShardData:
     def batch(self, size: int, rng: random.Random | None = None):
         if self._stream is None:
             self._stream = self.stream(0)
-        taken = [next(self._stream) for _ in range(size)]
+        try:
+            taken = [next(self._stream) for _ in range(size)]
+        except StopIteration:
+            raise DataError(f"--data {self.source}: the shards gave no usable sample (each needs an image and a txt "
+                            "caption that can be read)") from None
         return to_unit_range(torch.stack([pixels for pixels, _ in taken])), [caption for _, caption in taken]
 
     def captions(self, size: int, rng: random.Random) -> list[str]:

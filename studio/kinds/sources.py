@@ -4,7 +4,7 @@ imagefolder (studio/kinds/data.py), or the teacher's own images for captions of 
 
 from pathlib import Path
 
-from studio.kinds.data import DataError, open_data, teacher_images
+from studio.kinds.data import DATA_SOURCES, DataError, open_data, teacher_images
 from studio.kinds.features.cache import CachedFeatures, is_cache
 from studio.kinds.hfdatasets import HFDatasetData, StreamedDataset, is_hf_dataset
 from studio.kinds.shards import ShardData, is_shards
@@ -12,7 +12,11 @@ from studio.kinds.shards import ShardData, is_shards
 
 def open_source(source: str, resolution: int, teacher_name: str | None = None, seed: int = 0,
                 columns: tuple[str, str] = ("image", "text"), streaming: bool = False):
-    """`--data` opened and checked, before any training: a feature cache must be `teacher_name`'s at `resolution`."""
+    """`--data` opened and checked, before any training: a feature cache must be `teacher_name`'s at `resolution`.
+    A registered name, then a folder with metadata.jsonl (an imagefolder, as every upload is: whatever else its zip
+    held, it is read as one), come before the other kinds."""
+    if source in DATA_SOURCES or (Path(source) / "metadata.jsonl").is_file():
+        return open_data(source, resolution)
     if is_cache(source):
         data = CachedFeatures(source)
         data.check_for(teacher_name, resolution)
@@ -20,7 +24,9 @@ def open_source(source: str, resolution: int, teacher_name: str | None = None, s
     if is_shards(source):
         return ShardData(source, resolution, seed)
     if is_hf_dataset(source):
-        return (StreamedDataset if streaming else HFDatasetData)(source, resolution, *columns)
+        if streaming:
+            return StreamedDataset(source, resolution, *columns, seed=seed)
+        return HFDatasetData(source, resolution, *columns)
     return open_data(source, resolution)
 
 

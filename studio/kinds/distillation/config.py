@@ -73,6 +73,16 @@ class DistillConfig(TrainingSwitches, LaunchOptions):
 
         check_fields(self)
         self.check_launch()
+        if self.accelerate_config:
+            from studio.kinds.launch import GPU_ENGINES, engine_of
+
+            engine = engine_of(self.accelerate_config)
+            unsupported = [flag for flag, used in (("--ema", self.ema), ("--validation-prompt", self.validation_prompts),
+                                                   ("--resume", self.resume)) if used]
+            if engine in GPU_ENGINES and unsupported:
+                raise ValueError(f"accelerate config (--accelerate-config): under {engine} the studio does not yet "
+                                 f"support {', '.join(unsupported)} (the student is sharded or wrapped); leave them "
+                                 "out, or train with data parallel (no config)")
         check_optimizer(self.optimizer)
         check_trackers(self.report_to)
         resolve_spec(self.arch)

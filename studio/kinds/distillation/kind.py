@@ -12,6 +12,7 @@ def run(config: DistillConfig, callback=None) -> str:
     from studio.kinds.distillation.train import distill
     from studio.kinds.launch import launch, needs_launch
 
+    config.check()  # here, once, rather than in each of the processes
     if needs_launch(config):  # more than one process: accelerate launch runs this same command in each
         launch("distill", config)
         out = Path(config.out)

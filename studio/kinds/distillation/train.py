@@ -27,9 +27,9 @@ from studio.kinds.features.cache import batch_inputs
 from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
 from studio.kinds.training import (
-    MetricsLog, StopOnSigterm, cancelled, check_finite, check_new_run, derive_seed, due, latest_checkpoint,
-    make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation, share_threads_with_workers,
-    step_draws, training_scheduler, write_card,
+    MetricsLog, StopOnSigterm, TrainingCancelled, TrainingError, cancelled, check_finite, check_new_run, derive_seed,
+    due, latest_checkpoint, make_optimizer, memory_switches, noisy_inputs, save_checkpoint, save_validation,
+    share_threads_with_workers, step_draws, training_scheduler, write_card,
 )
 from studio.models.compression import build_student, plan_student
 from studio.models.loading import load_pipeline, share_components
@@ -43,13 +43,17 @@ METRICS = ["step", "loss_total", "loss_task", "loss_out_kd", "loss_feat_kd", "lr
 
 def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
     """Run (or resume) a distillation; returns the output folder."""
-    from accelerate import Accelerator
+    from datetime import timedelta
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
 
     config.check()
     out = Path(config.out)
-    # cpu=True where there is no GPU: launched ranks then join by gloo (without it each thinks it is alone).
+    # cpu=True where there is no GPU: launched ranks then join by gloo (without it each thinks it is alone). While
+    # the main process draws --synthetic teacher images the others wait: longer than the default 30 min, allowed.
+    waits = [InitProcessGroupKwargs(timeout=timedelta(hours=24))] if config.synthetic else []
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), kwargs_handlers=waits)
     check_new_run(out, config.resume)
     accelerator.wait_for_everyone()  # every rank has looked before the main process writes
     device, main = accelerator.device, accelerator.is_main_process
@@ -100,6 +104,11 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
             ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
             ema.optimization_step = checkpoint.step
         start_step = checkpoint.step
+    if world > 1:  # every machine must resume from the same step (a shared --out, or the checkpoint copied to each)
+        found = accelerator.gather(torch.tensor([start_step], device=device)).tolist()
+        if len(set(found)) > 1:
+            raise TrainingError(f"--resume: the processes found checkpoints of different steps ({found}); give every "
+                                "machine the same --out (a shared folder), or copy the latest checkpoint to each")
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed sizes its engine by the per-GPU batch
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
@@ -139,7 +148,9 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                         student_out = student(noisy, timesteps, encoder_hidden_states=context).sample
                     terms = kd_loss(student_out, teacher_out, target, features, teacher_features, pairs,
                                     config.weights)
-                    check_finite(terms, step, out)
+                    # A NaN on any process stops them all (the sum of their losses is then not finite).
+                    check_finite(terms if world == 1 else
+                                 {"loss_total": accelerator.reduce(terms["loss_total"].detach(), "sum")}, step, out)
                     accelerator.backward(terms["loss_total"])
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -178,17 +189,22 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
                     if config.validation_prompts:
                         validation_grid(teacher, unwrapped.to(torch.float32), config,
                                         out / "validation" / f"step-{done:06d}.png", log, done)
+                accelerator.wait_for_everyone()  # the checkpoint is written before anyone stops
             if stopping:
-                if main:
-                    log.close()
+                if not main:
+                    raise TrainingCancelled(f"cancelled at step {done} of {config.steps}")
+                log.close()
                 raise cancelled(out, done, config.steps)
 
+    weights = accelerator.get_state_dict(student)  # every process takes part (sharded engines gather)
     if main:
         log.close()
-        result = accelerator.unwrap_model(student)
+        trained = accelerator.unwrap_model(student)
+        result = type(trained).from_config(trained.config)  # a float32 copy: the engine's own model is left alone
+        result.load_state_dict(weights)
         if ema is not None:
             ema.copy_to(result.parameters())
-        result.to(torch.float32).save_pretrained(out / "unet", safe_serialization=True)
+        result.save_pretrained(out / "unet", safe_serialization=True)
         write_card(out, "distill", config, config.steps, losses, time.perf_counter() - started,
                    sum(p.numel() for p in result.parameters()), teacher=config.teacher, arch=str(plan.spec),
                    processes=world, distributed=accelerator.distributed_type.name)
