@@ -87,10 +87,10 @@ class ImageFolderData:
             with Image.open(self.folder / self.names[row]) as image:
                 check_pixels(image, self.names[row])
                 image.verify()
+        except ImageTooLarge as problem:  # first: it is a ValueError too
+            return str(problem)
         except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError, ValueError):
             return f"{self.names[row]} is missing or not a readable image"
-        except ImageTooLarge as problem:
-            return str(problem)
         return None
 
     def _check_sample(self) -> None:
