@@ -256,7 +256,7 @@ def test_an_imagefolder_is_checked_lazily_and_bad_rows_are_met_and_counted(tmp_p
     next row takes its place, the same in every run) and counted; too many stop the run naming the folder."""
     import random
 
-    from studio.kinds.data import SAMPLE_CHECKED, ImageFolderData
+    from studio.kinds.data import SAMPLE_CHECKED, ImageFolderData, check_bad_rows
 
     folder = Path(image_folder(tmp_path / "images", n=200))
     sampled = set(random.Random(0).sample(range(200), SAMPLE_CHECKED))
@@ -271,8 +271,9 @@ def test_an_imagefolder_is_checked_lazily_and_bad_rows_are_met_and_counted(tmp_p
         if row not in sampled:
             (folder / f"{row}.png").write_bytes(b"junk")
     with pytest.raises(DataError, match=r"of the \d+ rows met so far could not be read \(more than 10%\)"):
-        for start in range(0, 200, 8):
+        for start in range(0, 200, 8):  # as a trainer does after each batch
             data.ready(data.load([(row, False) for row in range(start, start + 8)]))
+            check_bad_rows(data.bad_met, data.rows_met, folder)
 
 
 def write_shards(folder: Path, shards: int = 4, per_shard: int = 6) -> Path:

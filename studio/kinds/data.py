@@ -139,16 +139,20 @@ class ImageFolderData:
 
     def ready(self, loaded) -> tuple[torch.Tensor, list[str]]:
         """A loaded batch as the trainer takes it: images in the model's [-1, 1]. Counts the bad rows it passed
-        over, and stops the run when they are more than MAX_BAD_FRACTION of the rows met."""
+        over; the trainer checks the counts (of all its processes together) with check_bad_rows every step."""
         images, captions, bad = loaded
         self.bad_met, self.rows_met = self.bad_met + bad, self.rows_met + len(captions) + bad
-        if self.rows_met >= SAMPLE_CHECKED and self.bad_met > MAX_BAD_FRACTION * self.rows_met:
-            raise DataError(f"data: {self.bad_met} of the {self.rows_met} rows met so far could not be read (more "
-                            f"than {MAX_BAD_FRACTION:.0%}); stopped. Check the images of {self.folder}")
         return to_unit_range(images), list(captions)
 
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         return self.ready(self.load(self.plan(size, rng)))
+
+
+def check_bad_rows(bad: int, met: int, folder) -> None:
+    """Stop when more than MAX_BAD_FRACTION of the rows met (after a first sample's worth) could not be read."""
+    if met >= SAMPLE_CHECKED and bad > MAX_BAD_FRACTION * met:
+        raise DataError(f"data: {bad} of the {met} rows met so far could not be read (more than "
+                        f"{MAX_BAD_FRACTION:.0%}); stopped. Check the images of {folder}")
 
 
 class _PlannedBatches(torch.utils.data.Dataset):

@@ -23,7 +23,7 @@ from studio.kinds.consistency.config import VALIDATION_STEPS, ConsistencyConfig
 from studio.kinds.consistency.objective import (
     SkippingSolver, boundary_scalings, guidance_embedding, pseudo_huber, x0_and_noise,
 )
-from studio.kinds.data import family_sampling, prefetched
+from studio.kinds.data import check_bad_rows, family_sampling, prefetched
 from studio.kinds.features.cache import batch_inputs
 from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
@@ -132,6 +132,7 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     solver.alphas_cumprod, solver.alpha_prev = alphas_cumprod, solver.alpha_prev.to(device)
     empty_context = teacher.text_encoder(tokenize(teacher.tokenizer, [""]).to(device))[0]
     share_threads_with_workers(config.data_workers)
+    counted = data  # counts the bad rows its batches passed over (bad_met)
     data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_draws(config.seed, draw)[0],
                       start_step, pin_memory=device.type == "cuda")
     loop_started, loss = time.perf_counter(), torch.tensor(float("nan"))
@@ -140,6 +141,7 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
             rng, draws = step_draws(config.seed, step)
             with torch.no_grad():
                 latents, context = batch_inputs(data.batch(config.batch_size, rng), teacher, draws, device)
+                check_bad_rows(getattr(counted, "bad_met", 0), getattr(counted, "rows_met", 0), config.data)
                 index, t, t_prev = (x.to(device) for x in solver.draw(len(latents), draws.generator))
                 noise = draws.randn(latents.shape, device=device)
                 noisy = noise_scheduler.add_noise(latents, noise, t)

@@ -20,7 +20,7 @@ import torch
 
 from studio.inference.devices import DTYPES
 from studio.inference.generation import sample
-from studio.kinds.data import family_sampling, prefetched, rank_slice
+from studio.kinds.data import check_bad_rows, family_sampling, prefetched, rank_slice
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
 from studio.kinds.features.cache import batch_inputs
@@ -166,14 +166,17 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
 
             done = step + 1
             # A cancel reaches every process (the job's process group), not always in the same step: all stop after
-            # the step any one of them saw it in.
-            stopping = stop.requested if world == 1 else \
-                accelerator.reduce(torch.tensor(float(stop.requested), device=device), "sum").item() > 0
+            # the step any one of them saw it in. Bad rows count over all processes, and stop them all together.
+            flags = torch.tensor([float(stop.requested), getattr(source, "bad_met", 0), getattr(source, "rows_met", 0)],
+                                 device=device)
+            stop_flags, bad_rows, rows_met = (accelerator.reduce(flags, "sum") if world > 1 else flags).tolist()
+            stopping = stop_flags > 0
+            check_bad_rows(int(bad_rows), int(rows_met), config.data)
             if main and due(done, config.log_every, config.steps):
                 log.write({"step": done, **losses, "lr": scheduler.get_last_lr()[0],
                            "seconds": round(log.seconds_before + time.perf_counter() - loop_started, 3),
                            "data_seconds": round(log.data_seconds_before + data_seconds, 3),
-                           "bad_rows": getattr(source, "bad_met", 0)})
+                           "bad_rows": int(bad_rows)})
             if main:
                 report(callback, "distill", done, config.steps, loss=losses["loss_total"])
             if due(done, config.checkpoint_every, config.steps) or stopping:
