@@ -1,6 +1,7 @@
 """Background training jobs: start, live status, cancel (with a checkpoint), resume, finish."""
 
 import json
+import re
 import zipfile
 
 import pytest
@@ -78,6 +79,8 @@ def test_a_job_runs_in_the_background_and_its_student_joins_the_catalogue(tiny_c
     assert validation.endswith("step-000004.png")  # teacher vs student on the family's validation prompts
     assert {c["term"] for c in curves} == {"loss_total", "loss_task", "loss_out_kd", "loss_feat_kd"}
     assert "finished" in status and f"job-{job_id}" in status
+    assert re.search(r"waiting for data \d+% of the time", status)  # from metrics.csv's data_seconds
+    assert 0 <= jobs.status(job_id).data_wait < 1 and jobs.status(job_id).bad_rows == 0
     card = json.loads((jobs.run_folder(job_id) / "card.json").read_text())
     assert card["threads"] == 1  # its share of a 2-thread budget (studio/jobs/cpu.py), not every core
     # A fresh manager (an app restart) reads the same state from disk.

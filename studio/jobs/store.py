@@ -45,6 +45,8 @@ class JobStatus:
     created: float
     message: str = ""
     unit: str = "step"  # what step and steps count (the kind's unit: optimizer steps, images)
+    data_wait: float | None = None  # the share of the training loop's time spent waiting for batches
+    bad_rows: int = 0  # unreadable data rows passed over so far
 
 
 def read_json(path: Path) -> dict | None:
@@ -95,7 +97,7 @@ def read_metrics(run: Path) -> list[dict]:
             numbers.append({k: float(v) for k, v in row.items() if k is not None and v not in ("", None)})
         except (TypeError, ValueError):
             continue  # a partial line from a kill mid-write
-    return [row for row in numbers if "step" in row and "seconds" in row]  # seconds is written last
+    return [row for row in numbers if "step" in row and "seconds" in row]  # seconds comes after the losses
 
 
 class JobStore:
@@ -181,9 +183,12 @@ class JobStore:
             speed = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
         losses = {k: v for k, v in last.items() if k.startswith("loss")}
         kind = KINDS.get(spec["kind"])
+        wait = last["data_seconds"] / last["seconds"] if last.get("data_seconds") is not None and last.get("seconds") \
+            else None
         return JobStatus(id=job_id, kind=spec["kind"], name=spec["name"], state=state, step=int(last.get("step", 0)),
                          steps=spec["steps"], steps_per_second=speed, losses=losses, created=spec["created"],
-                         message=message, unit=kind.unit if kind else "step")
+                         message=message, unit=kind.unit if kind else "step", data_wait=wait,
+                         bad_rows=int(last.get("bad_rows") or 0))
 
     def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> str:
         """Block until the job is no longer running (tests and scripts); returns the state."""
