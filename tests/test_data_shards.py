@@ -110,3 +110,38 @@ def test_an_uploaded_imagefolder_is_read_as_one_whatever_else_it_holds(tmp_path)
     (folder / "features.json").write_text("{}")
     (folder / "00000.tar").write_bytes(b"x")
     assert isinstance(open_source(str(folder), 32), ImageFolderData)
+
+
+@pytest.mark.slow
+def test_a_visitor_uploads_shards_as_a_tar_and_a_job_streams_them(tiny_catalog, tmp_path):
+    """Public mode (no paths): a webdataset shard, or a tar of shards, uploaded; the job streams them from its own
+    folder. A tar that is not one is named."""
+    import tarfile
+
+    import webdataset as wds
+
+    from studio.jobs import JobError, JobManager
+    from studio.ui.train import train_start
+
+    rng = np.random.default_rng(5)
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"{shard:05d}.tar")) as sink:
+            for i in range(4):
+                picture = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+                sink.write({"__key__": f"{shard}{i:03d}", "png": picture, "txt": f"shape {shard}-{i}"})
+    with tarfile.open(tmp_path / "shards.tar", "w") as bundle:
+        for shard in range(2):
+            bundle.add(tmp_path / f"{shard:05d}.tar", arcname=f"part/{shard:05d}.tar")
+    (tmp_path / "junk.tar").write_bytes(b"no tar here" * 50)
+    jobs = JobManager(tmp_path / "jobs")
+
+    def start(upload):
+        return train_start(jobs, tiny_catalog, "tiny-teacher", "tiny", "1", False, True, "upload", str(upload), 2,
+                           1e-4, 1.0, 1.0, 1.0, 2, 1, "", allow_paths=False)[0]
+
+    for upload, shards in ((tmp_path / "00000.tar", 1), (tmp_path / "shards.tar", 2)):
+        job_id = start(upload)
+        assert jobs.wait(job_id, timeout=240) == "finished", (jobs.folder(job_id) / "log.txt").read_text()
+        assert len(list((jobs.folder(job_id) / "shards").glob("*.tar"))) == shards
+    with pytest.raises(JobError, match="not a readable tar file"):
+        start(tmp_path / "junk.tar")

@@ -56,3 +56,31 @@ def extract_dataset_zip(upload: Path, dest: Path, limits: JobLimits = JobLimits(
             return folder
     raise JobError("data: the zip has no metadata.jsonl (at its root or in one top folder); the imagefolder layout needs "
                    "one line per image with file_name and text")
+
+
+def place_shards(upload: Path, dest: Path, limits: JobLimits = JobLimits()) -> Path:
+    """An uploaded webdataset shard (.tar), or a tar whose members are shards, as a folder of shards in `dest`. The
+    trainer streams the shards' members without unpacking them; a tar of shards is unpacked, its members as plain
+    files by their base names only."""
+    import shutil
+    import tarfile
+
+    size = Path(upload).stat().st_size
+    if size > limits.max_zip_bytes:
+        raise JobError(f"data: the upload is {size_text(size)}; at most {size_text(limits.max_zip_bytes)} is allowed")
+    try:
+        with tarfile.open(upload, "r:") as archive:  # uncompressed only: no gzip bomb
+            members = archive.getmembers()
+            inner = [m for m in members if m.isfile() and m.name.endswith(".tar")]
+            dest.mkdir(parents=True, exist_ok=True)
+            if inner and len(inner) == len([m for m in members if m.isfile()]):
+                if len(inner) > MAX_ZIP_MEMBERS:
+                    raise JobError(f"data: the tar holds {len(inner)} shards; the most allowed is {MAX_ZIP_MEMBERS}")
+                for number, member in enumerate(sorted(inner, key=lambda m: m.name)):
+                    with archive.extractfile(member) as source, open(dest / f"{number:05d}.tar", "wb") as target:
+                        shutil.copyfileobj(source, target)
+                return dest
+    except (tarfile.TarError, OSError) as error:
+        raise JobError(f"data: the upload is not a readable tar file ({error}); upload webdataset shards") from None
+    shutil.copyfile(upload, dest / "00000.tar")  # one shard, streamed as it is
+    return dest

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from studio.images import square, to_uint8_tensor, to_unit_range
+from studio.images import check_pixels, square, to_uint8_tensor, to_unit_range
 from studio.kinds.data import DataError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -116,8 +116,9 @@ class ShardData:
                     continue
                 try:
                     with Image.open(io.BytesIO(sample[image_key])) as image:
+                        check_pixels(image, sample.get("__key__", "a sample"))  # from the header: no bomb decoded
                         pixels = to_uint8_tensor(square(image, resolution), flip=flips.random() < 0.5)
-                except (OSError, SyntaxError, Image.DecompressionBombError, ValueError):
+                except (OSError, SyntaxError, Image.DecompressionBombError, ValueError):  # ImageTooLarge too
                     continue  # a damaged image: the next sample takes its place
                 yield pixels, sample["txt"].decode("utf-8")
 

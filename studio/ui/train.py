@@ -9,9 +9,11 @@ import gradio as gr
 from studio.ui import consistency, inputs
 
 from studio.jobs import JobError, JobManager, extract_dataset_zip, unpacked_bytes
+from studio.jobs.datasets import place_shards
 from studio.kinds.data import DATA_SOURCES, DataError, open_data
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.evaluation.sensitivity import predict, removed_units
+from studio.kinds.shards import ShardData
 from studio.kinds.sources import open_source
 from studio.models.catalog import Catalog, read_configs
 from studio.models.compression import StudentSpec, plan_student, resolve_spec
@@ -122,9 +124,18 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
         choices = [*DATA_SOURCES, "upload", *(["path"] if allow_paths else [])]
         raise ValueError(f"data: must be one of {', '.join(choices)}, got {data_source!r}")
 
+    shards = data_source == "upload" and str(upload).endswith(".tar")
+
     def prepare(folder: Path) -> dict:
         if data_source != "upload":
             return {}
+        if shards:  # webdataset shards: streamed by the trainer, never unpacked to image files
+            data = place_shards(Path(upload), folder / "shards", jobs.limits)
+            try:
+                ShardData(str(data), resolution)  # the trainer's checks of the first shard
+            except DataError as problem:
+                raise JobError(f"the shards can't be trained on: {problem}") from None
+            return {"data": str(data)}
         data = extract_dataset_zip(Path(upload), folder / "data", jobs.limits)
         try:
             open_data(str(data), resolution)  # the same checks the trainer makes, before a process starts
@@ -132,7 +143,9 @@ def train_start(jobs: JobManager, catalog: Catalog, teacher, preset, layers, kee
             raise JobError(f"the dataset zip can't be trained on: {problem}") from None
         return {"data": str(data)}
 
-    unpacked = {"dataset": unpacked_bytes(Path(upload))} if data_source == "upload" else None
+    unpacked = None
+    if data_source == "upload":
+        unpacked = {"dataset": Path(upload).stat().st_size if shards else unpacked_bytes(Path(upload))}
     job_id = jobs.create("distill", config, prepare=prepare, catalog=catalog, prepared_bytes=unpacked)
     return job_id, f"started job {job_id}: {jobs.spec(job_id)['name']}"
 
@@ -168,7 +181,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             data_path = inputs.Textbox(value="", label="Data path: an imagefolder, webdataset shards (folder or "
                                              "{00000..00099}.tar pattern), a datasets folder or parquet, a feature "
                                              "cache", visible=local)
-            upload = inputs.File(label="Dataset zip (imagefolder: metadata.jsonl + images)", file_types=[".zip"],
+            upload = inputs.File(label="Dataset: an imagefolder zip (metadata.jsonl + images) or webdataset shards "
+                                   "(.tar)", file_types=[".zip", ".tar"],
                              type="filepath")
         with gr.Row():
             steps = inputs.Number(value=studio.family.train_steps, precision=0, label="Steps")
@@ -219,7 +233,8 @@ def build(app: gr.Blocks, studio: Studio) -> None:
             keep_mid: custom only: keep the mid block
             keep_innermost: custom only: keep the innermost stage
             data_source: a registered data source (e.g. toy), upload, or (local studio) path
-            upload: with data_source upload: a zip in the imagefolder layout (metadata.jsonl and images)
+            upload: with data_source upload: a zip in the imagefolder layout (metadata.jsonl and images), or
+                webdataset shards (a .tar shard, or a tar of shards)
             steps: optimizer steps
             lr: learning rate
             lambda_task: weight of the task loss
