@@ -70,8 +70,8 @@ def cmd_status(args) -> None:
           f"{status.steps}{speed}")
     if status.losses:
         print(", ".join(f"{k} {v:.5g}" for k, v in status.losses.items()))
-    if status.data_wait is not None:
-        print(f"waiting for data {status.data_wait:.1%} of the loop's time; {status.bad_rows} unreadable rows passed over")
+    if status.data_note:
+        print(status.data_note.removeprefix("; "))
     if status.message:
         print(status.message)
     print(f"folder: {jobs.folder(args.job)} (log.txt, run/)")

@@ -48,6 +48,12 @@ class JobStatus:
     data_wait: float | None = None  # the share of the training loop's time spent waiting for batches
     bad_rows: int = 0  # unreadable data rows passed over so far
 
+    @property
+    def data_note(self) -> str:
+        """The data path's cost, where the run logged it: its wait share and the unreadable rows passed over."""
+        wait = "" if self.data_wait is None else f"; waiting for data {self.data_wait:.0%} of the time"
+        return wait + (f"; {self.bad_rows} unreadable data rows passed over" if self.bad_rows else "")
+
 
 def read_json(path: Path) -> dict | None:
     try:

@@ -292,11 +292,7 @@ def job_view(jobs: JobManager, job_id: str) -> tuple[list[dict], str, str | None
     speed = "-" if status.steps_per_second is None else f"{status.steps_per_second:.2f} steps/s"
     losses = ", ".join(f"{k} {v:.4f}" for k, v in status.losses.items())
     text = (f"**{status.id}** ({status.name}): {status.state}, {status.unit} {status.step} of {status.steps}, {speed}. "
-            f"{losses}")
-    if status.data_wait is not None:
-        text += f"; waiting for data {status.data_wait:.0%} of the time"
-    if status.bad_rows:
-        text += f"; {status.bad_rows} unreadable data rows passed over"
+            f"{losses}{status.data_note}")
     if status.message:
         text += f"\n\n{status.message}"
     if status.state == "finished" and KINDS[status.kind].result == "student":
