@@ -14,6 +14,7 @@ skipped and counted.
 
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from typing import Callable
@@ -195,6 +196,9 @@ class Prefetched:
     def captions(self, size: int, rng: random.Random) -> list[str]:
         return self.data.captions(size, rng)
 
+    def close(self) -> None:
+        self._batches = None  # the loader's iterator goes, and with it its worker processes
+
     def batch(self, size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         import time
 
@@ -206,6 +210,16 @@ class Prefetched:
             raise RuntimeError("data loader: the prefetched batch is not the one the run asked for (the draws "
                                "went out of step)")
         return self.data.ready(loaded)
+
+
+@contextmanager
+def reading(data):
+    """`data` for a run: its loader workers and open files are let go when the run ends, however it ends."""
+    try:
+        yield data
+    finally:
+        if hasattr(data, "close"):
+            data.close()
 
 
 def prefetched(data, workers: int, size: int, rng_for_draw: Callable[[int], random.Random], first: int,

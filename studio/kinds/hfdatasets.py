@@ -164,6 +164,9 @@ class StreamedDataset:
         self._samples = self._open_pass(taken)
         return self
 
+    def close(self) -> None:
+        self._samples = None  # the loader's iterator goes, and with it its workers
+
     def batch(self, size: int, rng: random.Random | None = None):
         if self._samples is None:
             self.start(0, size, 0)

@@ -137,6 +137,9 @@ class ShardData:
         self._stream = self.stream(workers, first_draw * size, pin_memory)
         return self
 
+    def close(self) -> None:
+        self._stream = None  # the loader's iterator goes, and with it its workers and open shards
+
     def batch(self, size: int, rng: random.Random | None = None):
         if self._stream is None:
             self._stream = self.stream(0)

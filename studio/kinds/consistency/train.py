@@ -23,7 +23,7 @@ from studio.kinds.consistency.config import VALIDATION_STEPS, ConsistencyConfig
 from studio.kinds.consistency.objective import (
     SkippingSolver, boundary_scalings, guidance_embedding, pseudo_huber, x0_and_noise,
 )
-from studio.kinds.data import check_bad_rows, family_sampling, prefetched
+from studio.kinds.data import check_bad_rows, family_sampling, prefetched, reading
 from studio.kinds.features.cache import batch_inputs
 from studio.kinds.sources import open_training_data
 from studio.kinds.trackers import Trackers
@@ -136,7 +136,7 @@ def consistency_distill(config: ConsistencyConfig, callback: Callback | None = N
     data = prefetched(data, config.data_workers, config.batch_size, lambda draw: step_draws(config.seed, draw)[0],
                       start_step, pin_memory=device.type == "cuda")
     loop_started, loss = time.perf_counter(), torch.tensor(float("nan"))
-    with StopOnSigterm() as stop:
+    with StopOnSigterm() as stop, reading(data):
         for step in range(start_step, config.steps):
             rng, draws = step_draws(config.seed, step)
             with torch.no_grad():

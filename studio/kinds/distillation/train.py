@@ -20,7 +20,7 @@ import torch
 
 from studio.inference.devices import DTYPES
 from studio.inference.generation import sample
-from studio.kinds.data import check_bad_rows, family_sampling, prefetched, rank_slice
+from studio.kinds.data import check_bad_rows, family_sampling, prefetched, reading, rank_slice
 from studio.kinds.distillation.config import DistillConfig
 from studio.kinds.distillation.objective import capture_outputs, feature_pairs, kd_loss
 from studio.kinds.features.cache import batch_inputs
@@ -127,7 +127,7 @@ def distill(config: DistillConfig, callback: Callback | None = None) -> Path:
         if main else None
     noise_scheduler = training_scheduler(teacher)
     loop_started, losses, data_seconds = time.perf_counter(), {}, 0.0
-    with StopOnSigterm() as stop:
+    with StopOnSigterm() as stop, reading(data):
         for step in range(start_step, config.steps):
             micro_losses = []
             for micro in range(config.grad_accum):

@@ -106,6 +106,9 @@ class CachedFeatures:
             parts["context"].append(shard.get_slice("context")[at:at + 1])
         return CachedBatch(**{name: torch.cat(tensors).float() for name, tensors in parts.items()})
 
+    def close(self) -> None:
+        self._open.clear()  # the shards' handles
+
     @staticmethod
     def ready(loaded: CachedBatch) -> CachedBatch:
         return loaded
