@@ -9,8 +9,10 @@ the processes train, and the flags here say how many there are and where machine
 """
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +114,7 @@ def accelerate_command(kind: str, config: LaunchOptions) -> list[str]:
 def launch(kind: str, config: LaunchOptions) -> None:
     """Run `config` as `config.processes` processes on this machine (one machine of `config.num_machines`); returns
     when they end, raising with their exit status if they failed."""
-    from studio.kinds.training import TrainingError
-
-    import signal
-    import threading
+    from studio.kinds.training import TrainingCancelled, TrainingError
 
     command = accelerate_command(kind, config)
     print("$ " + " ".join(command), flush=True)
@@ -132,8 +131,6 @@ def launch(kind: str, config: LaunchOptions) -> None:
         if waiting:
             signal.signal(signal.SIGTERM, previous)
     if cancelled:
-        from studio.kinds.training import TrainingCancelled
-
         raise TrainingCancelled(f"cancelled; the processes saved a checkpoint of their last step in "
                                 f"{getattr(config, 'out', '?')}; continue with --resume")
     if returncode != 0:
