@@ -33,6 +33,13 @@ class DataError(ValueError):
     """A data source that can't be trained on."""
 
 
+def plan_rows(rows: int, size: int, rng: random.Random, flips: bool = True) -> tuple[tuple[int, bool], ...]:
+    """Which of `rows` rows a batch holds and which are mirrored: all of `rng`'s draws for it, none of the decoding.
+    Every random-access source plans with this, so a feature cache draws the batches of the images it was made of."""
+    chosen = [rng.randrange(rows) for _ in range(size)]
+    return tuple((row, rng.random() < 0.5 and flips) for row in chosen)
+
+
 class ImageFolderData:
     """An imagefolder, checked lazily: start-up reads metadata.jsonl (JSON, captions, names inside the folder) and
     opens a sample of SAMPLE_CHECKED images; any other image that can't be read is skipped when a batch meets it
@@ -113,9 +120,7 @@ class ImageFolderData:
         return [self.texts[rng.randrange(len(self.texts))] for _ in range(size)]
 
     def plan(self, size: int, rng: random.Random) -> tuple[tuple[int, bool], ...]:
-        """Which rows a batch holds and which are mirrored: all of `rng`'s draws for it, none of the decoding."""
-        rows = [rng.randrange(len(self.names)) for _ in range(size)]
-        return tuple((row, rng.random() < 0.5) for row in rows)
+        return plan_rows(len(self.names), size, rng)
 
     def _decode(self, row: int, flip: bool) -> tuple[torch.Tensor, int, int]:
         """(pixels, the row decoded, bad rows passed over): a row that can't be read gives way to the next one."""

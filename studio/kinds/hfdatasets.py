@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from studio.images import ImageTooLarge, check_pixels, square, to_uint8_tensor, to_unit_range
-from studio.kinds.data import DataError
+from studio.kinds.data import DataError, plan_rows
 
 
 def is_hf_dataset(source: str) -> bool:
@@ -85,8 +85,7 @@ class HFDatasetData:
         return [self.table[rng.randrange(len(self.table))][self.caption_column] for _ in range(size)]
 
     def plan(self, size: int, rng: random.Random) -> tuple[tuple[int, bool], ...]:
-        rows = [rng.randrange(len(self.table)) for _ in range(size)]
-        return tuple((row, rng.random() < 0.5) for row in rows)
+        return plan_rows(len(self.table), size, rng)
 
     def load(self, plan):
         rows = self.table[[row for row, _ in plan]]  # one read of the planned rows, columns as lists

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from studio.kinds.data import DataError, ImageFolderData, open_data
+from studio.kinds.data import DataError, ImageFolderData, open_data, plan_rows
 from studio.kinds.training import encode_latents, sample_latents, tokenize
 
 FORMAT = "studio-features/1"
@@ -87,9 +87,8 @@ class CachedFeatures:
         return [json.loads(texts[rng.randrange(self.rows)]) for _ in range(size)]
 
     def plan(self, size: int, rng: random.Random) -> tuple[tuple[int, bool], ...]:
-        """As ImageFolderData.plan: the rows first, then a mirror flip for each (kept only where the cache has them)."""
-        rows = [rng.randrange(self.rows) for _ in range(size)]
-        return tuple((row, rng.random() < 0.5 and self.index["flips"]) for row in rows)
+        """As the imagefolder plans (the flips kept only where the cache has them)."""
+        return plan_rows(self.rows, size, rng, self.index["flips"])
 
     def _shard(self, number: int):
         if number not in self._open:
